@@ -1,0 +1,42 @@
+"""`syncxr` command line. Subcommands live in engine/commands/*.py, each with `register(sub)`
+that adds a parser whose `func(args)` does the work. User errors print one line, no traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import engine.commands
+from engine import __version__
+from engine.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="syncxr", description="Synthetic chest X-ray data engine (SynCXR).")
+    parser.add_argument("--version", action="version", version=f"syncxr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(engine.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"engine.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except UserError as exc:
+        print(f"syncxr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"syncxr {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The one configuration schema of syncxr, read from YAML.
+
+Every stage reads its section from here; errors name the file and the dotted field.
+Relative paths inside a config resolve against the config file's directory.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class StageResources(_Section):
+    """Ray resources of one stage. Fractional CPUs by default: on a 2-CPU machine an actor pool
+    that takes every CPU starves the read tasks and hangs."""
+
+    num_cpus: float = Field(0.5, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(1, ge=1)
+    accelerator_type: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> "StageResources":
+        if self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors ({self.max_actors}) < min_actors ({self.min_actors})")
+        return self
+
+
+class CorpusConfig(_Section):
+    """Where real reports come from. `iu-xray` is shipped by torchxrayvision; the others read
+    `path`: a MIMIC-CXR `files/` tree, or a CSV/JSONL file with a text column."""
+
+    name: Literal["iu-xray", "mimic-cxr", "csv", "jsonl"] = "iu-xray"
+    path: Optional[str] = None
+    text_column: str = "text"
+    id_column: Optional[str] = None
+    limit: Optional[int] = Field(None, ge=1)
+
+
+class ExtractorConfig(_Section):
+    backend: str = "lexicon"
+    model: Optional[str] = None  # local directory or hub id (transformers backend)
+    lexicon: Optional[str] = None  # a custom lexicon YAML; default: the packaged one
+    batch_size: int = Field(32, ge=1)
+    device: str = "cpu"
+
+
+class PlanConfig(_Section):
+    """Balanced entity sampling. The paper does not publish k, m or tau_max; the README explains
+    these defaults (k and m follow the IU X-ray per-report medians; tau_max is relative)."""
+
+    k: int = Field(4, ge=1)  # clinical entities per sample (the four non-anatomy types)
+    m: int = Field(2, ge=0)  # anatomy entities per sample
+    tau_max: Optional[int] = Field(None, ge=1)  # absolute cap; None: tau_factor x fair share
+    tau_factor: float = Field(1.1, ge=1.0)
+    min_count: int = Field(3, ge=1)  # vocabulary: corpus entities seen at least this often
+    seed: int = 0
+    exclusive_pairs: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class StageBackend(_Section):
+    backend: str
+    model: Optional[str] = None
+    resources: StageResources = Field(default_factory=StageResources)
+    options: dict[str, Any] = Field(default_factory=dict)  # backend-specific settings
+
+
+class ReportsConfig(StageBackend):
+    backend: str = "template"
+    prompt: str = "prompts/report_v1.yaml"
+    num_candidates: int = Field(3, ge=1)
+    tolerance: int = Field(0, ge=0)  # entities that may differ before a candidate is rejected
+
+
+class ImagesConfig(StageBackend):
+    backend: str = "phantom"
+    size: int = Field(256, ge=32)
+    steps: int = Field(75, ge=1)
+    guidance: float = 4.0
+
+
+class IndexConfig(_Section):
+    exact_max: int = Field(50_000, ge=1)  # exact (flat) search up to this many vectors
+    kind: Literal["ivf", "hnsw"] = "ivf"
+    nlist: Optional[int] = None  # None: about 4*sqrt(n)
+    nprobe: int = Field(16, ge=1)
+    hnsw_m: int = Field(32, ge=4)
+    use_gpu: Literal["auto", "never", "always"] = "auto"
+
+
+class QCConfig(_Section):
+    embedder: StageBackend = Field(default_factory=lambda: StageBackend(backend="pixels"))
+    judge: StageBackend = Field(default_factory=lambda: StageBackend(backend="rules"))
+    bank: Optional[str] = None  # directory written by `syncxr qc-bank`
+    reference_threshold: float = Field(0.5, ge=-1, le=1)
+    dedup_threshold: float = Field(0.97, ge=-1, le=1)
+    privacy_images: Optional[str] = None
+    privacy_threshold: float = Field(0.97, ge=-1, le=1)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+
+
+class EngineConfig(_Section):
+    address: Optional[str] = None  # Ray address; None: RAY_ADDRESS or an embedded local Ray
+    num_cpus: Optional[int] = None  # embedded Ray only
+    max_rounds: int = Field(3, ge=1)
+    max_error_fraction: float = Field(0.05, ge=0, le=1)
+
+
+class SyncxrConfig(_Section):
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    extractor: ExtractorConfig = Field(default_factory=ExtractorConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    reports: ReportsConfig = Field(default_factory=ReportsConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
+    qc: QCConfig = Field(default_factory=QCConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    # Directory of the YAML file this came from; relative paths resolve against it.
+    base_dir: Optional[str] = Field(None, exclude=True)
+
+    def resolve(self, path: Optional[str]) -> Optional[Path]:
+        if path is None:
+            return None
+        p = Path(path).expanduser()
+        if p.is_absolute() or self.base_dir is None:
+            return p
+        return Path(self.base_dir) / p
+
+    def digest(self) -> str:
+        """Stable hash of the settings (for manifests and resume checks)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "<root>"
+
+
+def parse_config(data: Any, source: str = "<config>", base_dir: Optional[str] = None) -> SyncxrConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        cfg = SyncxrConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{source}: field '{_field_path(err['loc'])}': {err['msg']}{more}") from None
+    cfg.base_dir = base_dir
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Optional[dict] = None) -> SyncxrConfig:
+    """Read a YAML config (default: configs/local.yaml); `overrides` is a nested dict merged on top."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if overrides:
+        data = _merge(data or {}, overrides)
+    return parse_config(data, source=str(path), base_dir=str(path.resolve().parent))
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

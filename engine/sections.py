@@ -1,0 +1,47 @@
+"""Split free-text radiology reports into sections. Shared by the corpus readers (MIMIC-CXR
+report files) and the LLM output parser, so both agree on what a heading is."""
+from __future__ import annotations
+
+import re
+
+# Headings we keep, with the spellings seen in MIMIC-CXR, IU X-ray and LLM output.
+_ALIASES = {
+    "findings": "findings", "finding": "findings", "report": "findings", "description": "findings",
+    "impression": "impression", "impressions": "impression", "conclusion": "impression",
+    "conclusions": "impression", "summary": "impression", "opinion": "impression",
+    "indication": "indication", "history": "indication", "clinical history": "indication",
+    "reason for exam": "indication", "comparison": "comparison", "technique": "technique",
+    "examination": "technique", "exam": "technique", "wet read": "other", "notification": "other",
+    "recommendation": "other", "recommendations": "other",
+}
+# A heading: optional markdown (#, **, __) then a known name, then ':' or end of line.
+_HEADING = re.compile(
+    r"^[ \t>]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?P<name>" + "|".join(
+        sorted((re.escape(k) for k in _ALIASES), key=len, reverse=True)
+    ) + r")[ \t]*(?:\*\*|__)?[ \t]*(?::|(?=\n)|$)[ \t]*(?:\*\*|__)?",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def clean_text(text: str) -> str:
+    """Collapse whitespace and drop markdown emphasis and list bullets."""
+    text = re.sub(r"(\*\*|__|`)", "", text)
+    text = re.sub(r"^[ \t]*(?:[-*\u2022]|\d+[.)])[ \t]+", "", text, flags=re.MULTILINE)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def split_sections(text: str) -> dict[str, str]:
+    """Map canonical section name -> cleaned text. Text before the first heading goes to
+    'preamble'. A repeated heading's texts are joined."""
+    out: dict[str, str] = {}
+    matches = list(_HEADING.finditer(text or ""))
+    starts = [(m.start(), m.end(), _ALIASES[m.group("name").lower()]) for m in matches]
+    pre = text[: starts[0][0]] if starts else (text or "")
+    if pre.strip():
+        out["preamble"] = clean_text(pre)
+    for i, (_, end, name) in enumerate(starts):
+        stop = starts[i + 1][0] if i + 1 < len(starts) else len(text)
+        body = clean_text(text[end:stop])
+        if body:
+            out[name] = f"{out[name]} {body}".strip() if name in out else body
+    return out
