@@ -21,6 +21,12 @@ _HEADING = re.compile(
     ) + r")[ \t]*(?:\*\*|__)?[ \t]*(?::|(?=\n)|$)[ \t]*(?:\*\*|__)?",
     re.IGNORECASE | re.MULTILINE,
 )
+# Run-in headings inside a line ("... effusion. IMPRESSION: ..."): upper case with a colon only,
+# so ordinary words such as "impression" in a sentence are not split on.
+_INLINE_HEADING = re.compile(
+    r"(?<=[\s.])(?P<name>" + "|".join(sorted((re.escape(k.upper()) for k in _ALIASES), key=len, reverse=True))
+    + r")[ \t]*:[ \t]*"
+)
 
 
 def clean_text(text: str) -> str:
@@ -34,9 +40,16 @@ def split_sections(text: str) -> dict[str, str]:
     """Map canonical section name -> cleaned text. Text before the first heading goes to
     'preamble'. A repeated heading's texts are joined."""
     out: dict[str, str] = {}
-    matches = list(_HEADING.finditer(text or ""))
-    starts = [(m.start(), m.end(), _ALIASES[m.group("name").lower()]) for m in matches]
-    pre = text[: starts[0][0]] if starts else (text or "")
+    text = text or ""
+    found = {m.start(): m for m in _INLINE_HEADING.finditer(text)}
+    found.update({m.start(): m for m in _HEADING.finditer(text)})
+    starts, last_end = [], -1
+    for pos in sorted(found):
+        m = found[pos]
+        if pos >= last_end:  # skip a match nested inside the previous heading
+            starts.append((m.start(), m.end(), _ALIASES[m.group("name").lower()]))
+            last_end = m.end()
+    pre = text[: starts[0][0]] if starts else text
     if pre.strip():
         out["preamble"] = clean_text(pre)
     for i, (_, end, name) in enumerate(starts):

@@ -1,0 +1,57 @@
+"""`syncxr entities`: the corpus's entities, their long tail, and a rank-frequency plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from engine.config import load_config
+from engine.stats import long_tail_stats, plot_rank_frequency
+from engine.vocabulary import extract_corpus
+
+
+def register(sub) -> None:
+    p = sub.add_parser("entities", help="extract corpus entities; write counts, long-tail stats and a plot")
+    p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
+    p.add_argument("--corpus", default=None, help="override corpus.name (iu-xray, mimic-cxr, csv, jsonl)")
+    p.add_argument("--corpus-path", default=None, help="override corpus.path")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=run)
+
+
+def corpus_overrides(args) -> dict:
+    corpus = {k: v for k, v in (("name", args.corpus), ("path", args.corpus_path)) if v}
+    return {"corpus": corpus} if corpus else {}
+
+
+def write_entities(cfg, out: Path):
+    """Extract the corpus; write entities.parquet, stats.json, rank_frequency.png. -> (table, stats)"""
+    out.mkdir(parents=True, exist_ok=True)
+    table, n_reports = extract_corpus(cfg)
+    pq.write_table(table, out / "entities.parquet")
+    stats = {"corpus": cfg.corpus.name, "reports": n_reports, **long_tail_stats(table)}
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    plot_rank_frequency(table, out / "rank_frequency.png", f"{cfg.corpus.name}: entity rank-frequency")
+    return table, stats
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    _, stats = write_entities(load_config(args.config, corpus_overrides(args)), out)
+    print(format_long_tail(stats))
+    print(f"wrote {out / 'entities.parquet'}, {out / 'stats.json'}, {out / 'rank_frequency.png'}")
+    return 0
+
+
+def format_long_tail(stats: dict) -> str:
+    lines = [f"{stats['corpus']}: {stats['reports']} reports, {stats['all']['unique']} unique entities, "
+             f"{stats['all']['mentions']} mentions",
+             f"{'type':<16}{'unique':>8}{'mentions':>10}{'top1%':>8}{'gini':>7}{'max/min':>9}"]
+    for t, s in stats["by_type"].items():
+        ratio = "-" if s["max_min_ratio"] is None else f"{s['max_min_ratio']:.0f}"
+        lines.append(f"{t:<16}{s['unique']:>8}{s['mentions']:>10}{s['top1pct_share']:>8.2f}{s['gini']:>7.2f}{ratio:>9}")
+    s = stats["all"]
+    ratio = "-" if s["max_min_ratio"] is None else f"{s['max_min_ratio']:.0f}"
+    lines.append(f"{'all':<16}{s['unique']:>8}{s['mentions']:>10}{s['top1pct_share']:>8.2f}{s['gini']:>7.2f}{ratio:>9}")
+    return "\n".join(lines)

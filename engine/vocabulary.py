@@ -1,0 +1,47 @@
+"""Corpus -> entity table: extract entities from every report of the configured corpus."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.corpora import load_corpus
+from engine.entities import ENTITY_TYPES, build_extractor
+from engine.errors import UserError
+from engine.stats import count_entities
+
+ENTITY_TABLE_COLUMNS = ("text", "type", "count")
+
+
+def extract_corpus(cfg, batch_size: int = 256, progress: bool = True) -> tuple[pa.Table, int]:
+    """(entity table, number of reports) for cfg.corpus with cfg.extractor."""
+    reports = load_corpus(cfg.corpus)
+    extractor = build_extractor(cfg.extractor)
+    entity_lists, start = [], time.time()
+    for i in range(0, len(reports), batch_size):
+        entity_lists.extend(extractor.extract([r.text for r in reports[i:i + batch_size]]))
+        if progress:
+            done = min(i + batch_size, len(reports))
+            print(f"\rextracting entities: {done}/{len(reports)} reports ({time.time() - start:.1f}s)",
+                  end="" if done < len(reports) else "\n", file=sys.stderr, flush=True)
+    return count_entities(entity_lists), len(reports)
+
+
+def read_entity_table(path: Path) -> pa.Table:
+    """An entities.parquet written by `syncxr entities`, checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: entity table not found (write one with `syncxr entities`)")
+    table = pq.read_table(path)
+    missing = [c for c in ENTITY_TABLE_COLUMNS if c not in table.column_names]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
+    for i, t in enumerate(table.column("type").to_pylist()):
+        if t not in ENTITY_TYPES:
+            raise UserError(f"{path}: row {i}: unknown entity type {t!r}; expected one of {', '.join(ENTITY_TYPES)}")
+    if table.num_rows == 0:
+        raise UserError(f"{path}: entity table is empty")
+    return table

@@ -1,0 +1,99 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from engine.errors import UserError
+from engine.plan import build_plan, build_vocabulary, contradictions, plan_stats, sample_seeds
+from engine.stats import count_entities, gini, top_share
+
+
+def long_tail_table(n_findings=120, n_anatomy=30):
+    rows = []
+    for i in range(n_findings):
+        rows.append((f"finding {i}", "ABNORMALITY", 2000 // (i + 1) + 1))
+        if i % 2 == 0:
+            rows.append((f"finding {i}", "NON-ABNORMALITY", 900 // (i + 1) + 1))
+        if i % 10 == 0:
+            rows.append((f"finding {i}", "DISEASE", 50 // (i + 1) + 3))
+    for i in range(n_anatomy):
+        rows.append((f"anatomy {i}", "ANATOMY", 500 // (i + 1) + 1))
+    rows.append(("rare thing", "DISEASE", 1))
+    return pa.table({"text": [r[0] for r in rows], "type": [r[1] for r in rows], "count": [r[2] for r in rows]})
+
+
+PAIRS = [("finding 0", "finding 1"), ("finding 2", "finding 3")]
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return build_vocabulary(long_tail_table(), min_count=3)
+
+
+def test_vocabulary_respects_min_count_and_splits_types(vocab):
+    assert ("rare thing", "DISEASE") not in vocab.clinical
+    assert all(t != "ANATOMY" for _, t in vocab.clinical)
+    assert all(t == "ANATOMY" for _, t in vocab.anatomy)
+    assert all(vocab.corpus_counts[key] >= 3 for key in vocab.clinical + vocab.anatomy)
+
+
+def test_plan_shape_determinism_and_seeds(vocab):
+    plan = build_plan(vocab, 500, k=4, m=2, seed=7, exclusive_pairs=PAIRS)
+    assert plan.num_rows == 500
+    assert plan.column("sample_id")[0].as_py() == "r7-00000000"
+    rows = plan.to_pylist()
+    for row in rows:
+        types = [e["type"] for e in row["entities"]]
+        assert sum(t != "ANATOMY" for t in types) == 4 and types.count("ANATOMY") == 2
+    assert build_plan(vocab, 500, k=4, m=2, seed=7, exclusive_pairs=PAIRS).equals(plan)
+    assert not build_plan(vocab, 500, k=4, m=2, seed=8, exclusive_pairs=PAIRS).equals(plan)
+    assert len(set(plan.column("seed").to_pylist())) == 500
+    # a sample's seed depends on the run seed and its index only
+    assert np.array_equal(sample_seeds(7, 10), sample_seeds(7, 1000)[:10])
+
+
+def test_plan_has_no_contradictions_and_is_balanced(vocab):
+    plan = build_plan(vocab, 20_000, k=4, m=2, seed=0, exclusive_pairs=PAIRS)
+    assert all(not contradictions(ents, PAIRS) for ents in plan.column("entities").to_pylist())
+    stats = plan_stats(plan, vocab, PAIRS)
+    assert stats["samples_with_contradictions"] == 0
+    assert stats["clinical"]["corpus"]["max_min_ratio"] > 100  # the corpus's long tail ...
+    assert stats["clinical"]["plan"]["max_min_ratio"] <= 1.5  # ... flattened by the plan
+    assert stats["anatomy"]["plan"]["max_min_ratio"] <= 1.5
+    assert stats["clinical"]["plan"]["max"] <= stats["tau_max"]["clinical"]
+
+
+def test_contradictions_detects_negation_and_exclusive_partners():
+    assert contradictions([{"text": "a", "type": "ABNORMALITY"}, {"text": "a", "type": "NON-ABNORMALITY"}])
+    assert contradictions([{"text": "a", "type": "ABNORMALITY"}, {"text": "b", "type": "DISEASE"}], [("a", "b")])
+    assert not contradictions([{"text": "a", "type": "NON-ABNORMALITY"}, {"text": "b", "type": "DISEASE"}], [("a", "b")])
+
+
+def test_absolute_tau_max_too_small_and_k_too_large(vocab):
+    with pytest.raises(UserError, match="tau_max=1 is too small"):
+        build_plan(vocab, 1000, k=4, m=2, tau_max=1)
+    with pytest.raises(UserError, match="plan.k=500 is larger than the clinical vocabulary"):
+        build_plan(vocab, 10, k=500, m=2)
+    with pytest.raises(UserError, match="plan.m=99 is larger than the anatomy vocabulary"):
+        build_plan(vocab, 10, k=2, m=99)
+
+
+def test_absolute_tau_max_caps_counts(vocab):
+    n_clin = len(vocab.clinical)
+    plan = build_plan(vocab, 1000, k=2, m=0, tau_max=2000 // n_clin + 2)
+    stats = plan_stats(plan, vocab)
+    assert stats["clinical"]["plan"]["max"] <= 2000 // n_clin + 2
+
+
+def test_unknown_entity_type_names_the_row():
+    table = pa.table({"text": ["x"], "type": ["FINDING"], "count": [5]})
+    with pytest.raises(UserError, match=r"row 0 \('x'\): unknown entity type 'FINDING'"):
+        build_vocabulary(table, 1)
+
+
+def test_long_tail_measures():
+    assert gini([5, 5, 5, 5]) == pytest.approx(0.0)
+    assert gini([0, 0, 0, 100]) == pytest.approx(0.75)
+    assert top_share([100] + [1] * 99) == pytest.approx(100 / 199)
+    table = count_entities([[{"text": "a", "type": "ANATOMY"}, {"text": "a", "type": "ANATOMY"}],
+                            [{"text": "a", "type": "ANATOMY"}, {"text": "b", "type": "DISEASE"}]])
+    assert table.to_pylist() == [{"text": "a", "type": "ANATOMY", "count": 2}, {"text": "b", "type": "DISEASE", "count": 1}]
