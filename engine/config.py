@@ -78,11 +78,20 @@ class StageBackend(_Section):
     options: dict[str, Any] = Field(default_factory=dict)  # backend-specific settings
 
 
+class SamplingConfig(_Section):
+    """Decoding settings shared by the LLM report backends (transformers, vllm, openai)."""
+
+    temperature: float = Field(0.7, ge=0)  # 0: greedy
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)  # new tokens per candidate
+
+
 class ReportsConfig(StageBackend):
     backend: str = "template"
     prompt: str = "prompts/report_v1.yaml"
     num_candidates: int = Field(3, ge=1)
     tolerance: int = Field(0, ge=0)  # entities that may differ before a candidate is rejected
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
 
 class ImagesConfig(StageBackend):
@@ -93,11 +102,20 @@ class ImagesConfig(StageBackend):
 
 
 class IndexConfig(_Section):
+    """FAISS search behind the QC filters (inner product on L2-normalised vectors = cosine)."""
+
     exact_max: int = Field(50_000, ge=1)  # exact (flat) search up to this many vectors
-    kind: Literal["ivf", "hnsw"] = "ivf"
-    nlist: Optional[int] = None  # None: about 4*sqrt(n)
+    kind: Literal["ivf", "hnsw"] = "ivf"  # approximate index above exact_max
+    nlist: Optional[int] = Field(None, ge=1)  # IVF cells; None: about 2*sqrt(n)
     nprobe: int = Field(16, ge=1)
     hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_search: int = Field(64, ge=1)  # raised to k when a search asks for more neighbours
+    hnsw_ef_construction: int = Field(40, ge=1)
+    # a multi-threaded HNSW build depends on thread timing; one thread makes the graph (and so
+    # the kept set of an approximate dedup) reproducible, at about twice the build time
+    hnsw_reproducible: bool = True
+    k: int = Field(16, ge=1)  # first neighbour count of a threshold search (grows when all pass)
+    query_chunk: int = Field(1024, ge=1)  # queries per faiss call (HNSW aborts on large calls)
     use_gpu: Literal["auto", "never", "always"] = "auto"
 
 

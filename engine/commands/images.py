@@ -1,0 +1,102 @@
+"""`syncxr images`: draw an image for every accepted report (DIR/images.parquet);
+`syncxr phantom`: draw one phantom from an entity list, to look at."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.config import load_config
+from engine.errors import UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("images", help="draw a chest X-ray per accepted report (images.parquet)")
+    p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
+    p.add_argument("--reports", required=True, help="reports.parquet from `syncxr reports` (a plan.parquet works for phantom)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--backend", default=None, help="override images.backend (phantom, diffusers)")
+    p.add_argument("--model", default=None, help="override images.model (diffusers: pipeline directory or hub id)")
+    p.add_argument("--size", type=int, default=None, help="override images.size")
+    p.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    p.set_defaults(func=run_images_command)
+
+    q = sub.add_parser("phantom", help="draw one phantom CXR from an entity list")
+    q.add_argument("--entities", required=True,
+                   help='JSON list, e.g. \'[{"text": "pleural effusion", "type": "ABNORMALITY"}, '
+                        '{"text": "left lung base", "type": "ANATOMY"}]\'')
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--size", type=int, default=256)
+    q.add_argument("--out", required=True, help="PNG file to write")
+    q.add_argument("--overlay", action="store_true", help="also write <out>.overlay.png with mask outlines")
+    q.set_defaults(func=run_phantom_command)
+
+
+def format_summary(s: dict) -> str:
+    line = (f"images ({s['backend']}{', ' + str(s['model']) if s['model'] else ''}, {s['size']} px): "
+            f"{s['rows']} rows, {s['images']} drawn, {s['rejected']} rejected in {s['seconds']}s")
+    if s["rejected_by"]:
+        line += "\nrejected: " + ", ".join(f"{k} x{v}" for k, v in list(s["rejected_by"].items())[:6])
+    return line
+
+
+def run_images_command(args) -> int:
+    from engine.images import run_images
+
+    overrides = {k: v for k, v in (("backend", args.backend), ("model", args.model), ("size", args.size))
+                 if v is not None}
+    cfg = load_config(args.config, overrides={"images": overrides} if overrides else None)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    summary = run_images(cfg, Path(args.reports), Path(args.out), limit=args.limit)
+    (Path(args.out) / "images_summary.json").write_text(json.dumps(summary, indent=2))
+    print(format_summary(summary))
+    print(f"wrote {summary['path']}")
+    return 0
+
+
+def parse_entities(text: str) -> list[dict]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--entities: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(value, list):
+        raise UserError(f"--entities: expected a JSON list of {{text, type}} objects, got {type(value).__name__}")
+    return value
+
+
+def run_phantom_command(args) -> int:
+    from PIL import Image
+
+    from actors.phantom import render_phantom
+    from engine.images import encode_png
+
+    entities = parse_entities(args.entities)
+    if args.size < 32:
+        raise UserError(f"--size must be >= 32, got {args.size}")
+    try:
+        res = render_phantom(entities, args.seed, args.size)
+    except ValueError as exc:
+        raise UserError(f"--entities: {exc}") from None
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        raise UserError(f"{out.parent}: directory does not exist")
+    out.write_bytes(encode_png(res.image))
+    if args.overlay:
+        im = Image.fromarray(res.image).convert("RGB")
+        colours = [(255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (255, 120, 255)]
+        px = im.load()
+        for k, m in enumerate(res.masks):
+            edge = m["mask"] ^ _erode(m["mask"])
+            for y, x in zip(*edge.nonzero()):
+                px[int(x), int(y)] = colours[k % len(colours)]
+        im.save(out.with_suffix(".overlay.png"))
+    print(json.dumps({**res.provenance, "masks": [{k: m[k] for k in ("finding", "entity", "side", "zone", "bbox")}
+                                                  for m in res.masks]}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _erode(mask):
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(mask)

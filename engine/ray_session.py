@@ -1,0 +1,22 @@
+"""Connect to Ray: an existing cluster (--address, RAY_ADDRESS or engine.address) or an embedded
+local one that never attaches to a cluster someone else started on this machine."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+def init_ray(engine_cfg, address: str | None = None, quiet: bool = True):
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or engine_cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=not quiet)
+    else:
+        # A short private temp dir: Ray's socket paths must stay under ~100 characters.
+        temp_dir = tempfile.mkdtemp(prefix="syncxr-ray-")
+        ray.init(address="local", num_cpus=engine_cfg.num_cpus, include_dashboard=False,
+                 _temp_dir=temp_dir, log_to_driver=not quiet, configure_logging=quiet)
+    return ray
