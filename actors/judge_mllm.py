@@ -284,5 +284,7 @@ class MLLMJudge:
     dataset_level = True
 
     @staticmethod
-    def apply(ds, judge_cfg):
-        return build_judge_processor(judge_cfg, keep_columns=list(ds.columns()))(ds)
+    def apply(ds, judge_cfg, keep_columns=None):
+        """`keep_columns`: the columns to carry through (default: the dataset's, which makes Ray
+        compute its schema; a pipeline that knows them passes them)."""
+        return build_judge_processor(judge_cfg, keep_columns=list(keep_columns or ds.columns()))(ds)

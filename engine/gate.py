@@ -89,7 +89,15 @@ class Gated:
             else:
                 keys = sorted({k for row in out_rows if row for k in row})
                 for key in keys:
-                    columns[key] = _fill([row.get(key) if row else None for row in out_rows], n, live)
+                    if key in batch and key not in ("ok", "reasons"):
+                        # a failed row keeps its input values (its sample_id above all)
+                        merged = np.array(batch[key], dtype=object)
+                        for j, i in enumerate(live):
+                            if out_rows[j] is not None:
+                                merged[i] = out_rows[j].get(key)
+                        columns[key] = merged
+                    else:
+                        columns[key] = _fill([row.get(key) if row else None for row in out_rows], n, live)
                 good = np.array([row is not None for row in out_rows])
                 stage_ok = good.copy()
                 stage_reasons = list(errs)

@@ -2,7 +2,9 @@
 local one that never attaches to a cluster someone else started on this machine."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 
@@ -19,4 +21,11 @@ def init_ray(engine_cfg, address: str | None = None, quiet: bool = True):
         temp_dir = tempfile.mkdtemp(prefix="syncxr-ray-")
         ray.init(address="local", num_cpus=engine_cfg.num_cpus, include_dashboard=False,
                  _temp_dir=temp_dir, log_to_driver=not quiet, configure_logging=quiet)
+        atexit.register(_shutdown_and_clean, ray, temp_dir)
     return ray
+
+
+def _shutdown_and_clean(ray, temp_dir: str) -> None:
+    """The embedded Ray's session files (logs, sockets) go when the driver exits normally."""
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

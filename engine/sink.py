@@ -54,9 +54,9 @@ class PartWriter:
         return {k: batch[k] for k in keep}
 
 
-def read_parts(directory: Path, columns: list[str] | None = None) -> pa.Table | None:
+def read_parts(directory: Path, columns: list[str] | None = None, pattern: str = "part-*.parquet") -> pa.Table | None:
     """All parts of a directory as one table (None when there are none)."""
-    files = sorted(Path(directory).glob("*.parquet")) if Path(directory).is_dir() else []
+    files = sorted(Path(directory).glob(pattern)) if Path(directory).is_dir() else []
     tables = []
     for f in files:
         t = pq.read_table(f)

@@ -85,8 +85,8 @@ def plot_rank_frequency(table: pa.Table, path: Path, title: str = "Entity rank-f
     return path
 
 
-def plot_balance(corpus_counts: dict, plan_counts: dict, path: Path, title: str) -> Path:
-    """Share of mentions per entity, ordered by corpus frequency: corpus vs. plan."""
+def plot_balance(corpus_counts: dict, plan_counts: dict, path: Path, title: str, label: str = "plan") -> Path:
+    """Share of mentions per entity, ordered by corpus frequency: corpus vs. plan (or dataset)."""
     plt = _plt()
     keys = sorted(set(corpus_counts) & set(plan_counts), key=lambda k: -corpus_counts[k])
     c = np.array([corpus_counts[k] for k in keys], dtype=float)
@@ -95,7 +95,7 @@ def plot_balance(corpus_counts: dict, plan_counts: dict, path: Path, title: str)
     if keys:
         ranks = np.arange(1, len(keys) + 1)
         ax.semilogy(ranks, c / c.sum(), lw=1.5, label=f"corpus (max/min {c.max() / max(c.min(), 1):.0f})")
-        ax.semilogy(ranks, p / p.sum(), lw=1.5, label=f"plan (max/min {p.max() / max(p.min(), 1):.2f})")
+        ax.semilogy(ranks, p / p.sum(), lw=1.5, label=f"{label} (max/min {p.max() / max(p.min(), 1):.2f})")
     ax.set_xlabel("entity, ranked by corpus frequency")
     ax.set_ylabel("share of mentions")
     ax.set_title(title)

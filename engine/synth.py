@@ -111,9 +111,11 @@ def read_or_write_plan(cfg, n: int, out: Path) -> pa.Table:
         if plan.num_rows != n:
             raise UserError(f"{path} holds {plan.num_rows} samples but --n is {n}: use another --out, or --n {plan.num_rows}")
         return plan.select([f.name for f in PLAN_SCHEMA])
+    from engine.commands.entities import write_entities
     from engine.commands.plan import write_plan
 
-    plan, _ = write_plan(cfg, n, out)
+    table, _ = write_entities(cfg, out)  # the corpus side of the data card's balance plot
+    plan, _ = write_plan(cfg, n, out, table)
     return plan
 
 
@@ -137,6 +139,7 @@ def check_run_config(cfg, out: Path, n: int) -> None:
 
 
 def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
+    from engine.qc import embedder_signature, privacy_reference
     from engine.ray_session import init_ray
     from engine.synth_stages import build_round_dataset, check_stage_resources, decide_global_qc, prepare_stages
 
@@ -146,6 +149,7 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
     stages = prepare_stages(cfg)  # driver-side checks (backends, prompt, bank) before Ray starts
     ray = init_ray(cfg.engine, address)
     check_stage_resources(ray, cfg)
+    privacy_index = privacy_reference(cfg, embedder_signature(cfg.qc.embedder))
     staging = out / "staging"
     kept: set[str] = set()
     rounds = []
@@ -164,7 +168,7 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                     tally.add(batch)
                     check_error_budget(tally, cfg.engine.max_error_fraction, staging)
-            decide_global_qc(cfg, staging, r)
+            decide_global_qc(cfg, staging, r, privacy_index)
             (round_dir / "DONE").touch()
         summary = round_summary(round_dir, r)
         kept |= summary.pop("kept_ids")

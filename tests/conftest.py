@@ -15,6 +15,9 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 def ray_session(tmp_path_factory):
     import ray
 
+    # Ray workers inherit this: they can import test helper modules (tests/synth_fakes.py)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
     temp_dir = tmp_path_factory.mktemp("ray")
     ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=str(temp_dir),
              log_to_driver=False, configure_logging=False)

@@ -46,6 +46,19 @@ def test_gated_isolates_the_row_that_raises():
     assert [out["y"][i] for i in (0, 2)] == [2, 6]
 
 
+class EchoDoubler(Doubler):
+    """Returns sample_id too, as the image backends do."""
+
+    def __call__(self, batch):
+        return {"sample_id": batch["sample_id"], **super().__call__(batch)}
+
+
+def test_gated_keeps_the_input_values_of_a_row_that_raised():
+    out = Gated("doubler", EchoDoubler)(batch([1, -5, 3]))
+    assert out["sample_id"].tolist() == ["s0", "s1", "s2"]
+    assert out["ok"].tolist() == [True, False, True] and out["y"][1] is None
+
+
 def test_error_budget_stops_with_a_clear_message(tmp_path):
     tally = RoundTally()
     b = Gated("doubler", Doubler)(batch([-1] * 10 + [1] * 20))

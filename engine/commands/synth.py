@@ -1,0 +1,31 @@
+"""`syncxr synth`: a plan in, a finished quality-controlled dataset out (engine/synth.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.config import load_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("synth", help="plan -> reports -> images -> QC -> dataset, in rounds, resumable")
+    p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
+    p.add_argument("--n", type=int, required=True, help="number of samples to plan and synthesize")
+    p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
+    p.add_argument("--address", default=None,
+                   help="Ray address of an existing cluster (default: engine.address, RAY_ADDRESS, else an embedded Ray)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from engine.errors import UserError
+    from engine.synth import run_synth
+
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1, got {args.n}")
+    cfg = load_config(args.config)
+    manifest = run_synth(cfg, args.n, Path(args.out), args.address)
+    out = Path(args.out)
+    print(f"{manifest['kept']}/{manifest['planned']} samples in {out / 'data'}; "
+          f"rejected attempts: {manifest['counts']['rejected_attempts']} ({out / 'rejected'}); "
+          f"data card: {out / 'DATACARD.md'}")
+    return 0 if manifest["complete"] else 3

@@ -1,0 +1,265 @@
+"""Turn the staged rounds of a synth run into the finished dataset: data/ (kept samples, sorted by
+sample_id, images that `datasets` decodes), rejected/ (every attempt not kept, with its reasons),
+embeddings/, manifest.json and DATACARD.md with its plots.
+
+It streams: one pass over the staged parts locates the kept rows and writes the rejected ones;
+the data parts are then gathered a chunk of sample_ids at a time. Everything here is rebuilt from
+staging on every run, so a finalize that was interrupted is simply redone.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from collections import Counter, defaultdict
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from engine.sink import with_hf_features, write_json
+from engine.synth_stages import BUSY_STAGES, STAGE_ORDER
+
+ROWS_PER_PART = 1000
+DATA_COLUMNS = ("sample_id", "entities", "seed", "attempt", "report_attempts", "findings", "impression", "image",
+                "masks", "provenance", "judge_flags", "judge_scores", "reference_similarity", "reference_match",
+                "embedding")
+REJECTED_COLUMNS = ("sample_id", "entities", "seed", "attempt", "findings", "impression", "reasons", "provenance")
+VERSIONED = ("syncxr", "ray", "torch", "transformers", "diffusers", "faiss-cpu", "faiss-gpu", "vllm", "pyarrow",
+             "numpy", "datasets")
+
+
+def stage_of(reason: str, image_backend: str) -> str:
+    """The pipeline stage a reason belongs to ("phantom: error: ..." -> images)."""
+    head = reason.split(":", 1)[0].strip()
+    return "images" if head in (image_backend, "images") else head
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without its row-specific detail: 'judge: lateral', 'reports: missing', 'dedup'."""
+    parts = [p.strip() for p in reason.split(": ")]
+    if parts[0] in ("dedup", "privacy", "reference"):
+        return parts[0]
+    if len(parts) > 1 and parts[1].startswith("candidate "):
+        parts = [parts[0]] + parts[2:]
+    return ": ".join(parts[:2])[:80]
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+class _Scan:
+    """What one pass over the staged parts learns."""
+
+    def __init__(self):
+        self.kept: dict[str, tuple[Path, int]] = {}
+        self.tried = 0
+        self.rejected_stage = Counter()
+        self.rejected_kind = Counter()
+        self.busy = defaultdict(float)
+        self.busy_rows = Counter()
+        self.kept_entities = Counter()
+        self.rejected_rows = 0
+
+
+def _global_qc(round_dir: Path) -> dict[str, tuple[bool, str]]:
+    path = round_dir / "global_qc.parquet"
+    if not path.is_file():
+        return {}
+    t = pq.read_table(path)
+    return {s: (k, r) for s, k, r in zip(*(t.column(c).to_pylist() for c in ("sample_id", "kept", "reason")))}
+
+
+def scan_staging(staging: Path, out: Path, image_backend: str) -> _Scan:
+    """Locate kept rows, write rejected/ part by part, count reasons and busy time."""
+    scan = _Scan()
+    rejected_dir = out / "rejected"
+    rejected_dir.mkdir(parents=True, exist_ok=True)
+    for old in rejected_dir.glob("*.parquet"):
+        old.unlink()
+    for round_dir in sorted(staging.glob("round-*")):
+        if not (round_dir / "DONE").is_file():
+            continue  # a round still open (a stopped run) is not part of the dataset yet
+        decided = _global_qc(round_dir)
+        for i, part in enumerate(sorted(round_dir.glob("part-*.parquet"))):
+            names = pq.read_schema(part).names
+            small = pq.read_table(part, columns=[c for c in ("sample_id", "ok", "reasons", "entities") if c in names]
+                                  + [c for c in names if c.startswith("busy_")])
+            ids = small.column("sample_id").to_pylist()
+            ok = small.column("ok").to_pylist()
+            reasons = small.column("reasons").to_pylist()
+            for name in small.column_names:
+                if name.startswith("busy_"):
+                    col = np.asarray(small.column(name).to_numpy(zero_copy_only=False), float)
+                    scan.busy[name[5:]] += float(col.sum())
+                    scan.busy_rows[name[5:]] += int((col > 0).sum())
+            rejected_rows, rejected_reasons = [], []
+            for row, (sid, good, why) in enumerate(zip(ids, ok, reasons)):
+                if sid in scan.kept:
+                    continue  # a retried batch staged twice: the first copy counts
+                scan.tried += 1
+                why = list(why or [])
+                if good:
+                    kept, reason = decided.get(sid, (False, "global qc: undecided"))
+                    if kept:
+                        scan.kept[sid] = (part, row)
+                        for e in small.column("entities")[row].as_py() or []:
+                            scan.kept_entities[(e["text"], e["type"])] += 1
+                        continue
+                    why.append(reason)
+                first = why[0] if why else "rejected"
+                scan.rejected_stage[stage_of(first, image_backend)] += 1
+                scan.rejected_kind[reason_kind(first)] += 1
+                rejected_rows.append(row)
+                rejected_reasons.append(why)
+            if rejected_rows:
+                t = pq.read_table(part, columns=[c for c in REJECTED_COLUMNS if c in names]).take(rejected_rows)
+                t = t.set_column(t.column_names.index("reasons"), "reasons",
+                                 pa.array(rejected_reasons, pa.list_(pa.string())))
+                t = t.append_column("round", pa.array([int(round_dir.name.split("-")[1])] * t.num_rows, pa.int32()))
+                pq.write_table(t, rejected_dir / f"part-{round_dir.name}-{i:05d}.parquet")
+                scan.rejected_rows += t.num_rows
+    return scan
+
+
+def _as(col: pa.ChunkedArray, typ: pa.DataType) -> pa.ChunkedArray:
+    return col if col.type == typ else pc.cast(col, typ)
+
+
+def _nan_to_null(values: pa.Array) -> pa.Array:
+    """NaN marks a score that was not computed (no reference bank): null says so in the output."""
+    return pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
+
+
+def sample_table(rows: pa.Table, report_info: dict) -> pa.Table:
+    """Staged rows -> the published sample schema (DESIGN.md: attempts, qc and provenance as structs)."""
+    n = rows.num_rows
+    attempts = pa.StructArray.from_arrays(
+        [_as(rows.column("attempt"), pa.int32()).combine_chunks(),
+         _as(rows.column("report_attempts"), pa.int32()).combine_chunks()],
+        names=["round", "report_candidates"])
+    qc = pa.StructArray.from_arrays(
+        [_as(rows.column("judge_flags"), pa.list_(pa.string())).combine_chunks(),
+         _as(rows.column("judge_scores"), pa.string()).combine_chunks(),
+         _nan_to_null(_as(rows.column("reference_similarity"), pa.float32()).combine_chunks()),
+         _as(rows.column("reference_match"), pa.string()).combine_chunks()],
+        names=["judge_flags", "judge_scores", "reference_similarity", "reference_match"])
+    image_prov = rows.column("provenance").combine_chunks()
+    prov_fields = [image_prov.field(i) for i in range(image_prov.type.num_fields)]
+    prov_names = [f.name for f in image_prov.type]
+    for key, value in report_info.items():
+        prov_fields.append(pa.array([value] * n, pa.string()))
+        prov_names.append(key)
+    provenance = pa.StructArray.from_arrays(prov_fields, names=prov_names)
+    return pa.table({
+        "sample_id": rows.column("sample_id"), "entities": rows.column("entities"),
+        "findings": rows.column("findings"), "impression": rows.column("impression"),
+        "image": rows.column("image"), "masks": rows.column("masks"), "seed": rows.column("seed"),
+        "attempts": attempts, "qc": qc, "provenance": provenance,
+    })
+
+
+def write_data(scan: _Scan, out: Path, report_info: dict) -> list[str]:
+    """data/ and embeddings/ in sample_id order, ROWS_PER_PART rows a part, reading each staged part
+    about once (staged parts are roughly in plan order)."""
+    data_dir, emb_dir = out / "data", out / "embeddings"
+    for d in (data_dir, emb_dir):
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.glob("part-*.parquet"):
+            old.unlink()
+    ordered = sorted(scan.kept)
+    cache: dict[Path, pa.Table] = {}
+    for j, start in enumerate(range(0, len(ordered), ROWS_PER_PART)):
+        chunk = ordered[start:start + ROWS_PER_PART]
+        by_file = defaultdict(list)
+        for sid in chunk:
+            path, row = scan.kept[sid]
+            by_file[path].append(row)
+        pieces = []
+        for path, rows in by_file.items():
+            if path not in cache:
+                cache.clear()  # hold one staged part at a time
+                names = pq.read_schema(path).names
+                cache[path] = pq.read_table(path, columns=[c for c in DATA_COLUMNS if c in names])
+            pieces.append(cache[path].take(rows))
+        rows = pa.concat_tables(pieces, promote_options="permissive")
+        rows = rows.take(pc.sort_indices(rows, [("sample_id", "ascending")]))
+        name = f"part-{j:05d}.parquet"
+        _atomic_write(with_hf_features(sample_table(rows, report_info)), data_dir / name)
+        emb = rows.select(["sample_id", "embedding"])
+        _atomic_write(emb.set_column(1, "embedding", _as(emb.column("embedding"), pa.list_(pa.float32()))),
+                      emb_dir / name)
+    return ordered
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def funnel(planned: int, scan: _Scan) -> list[tuple[str, int]]:
+    """Attempts surviving each stage, in pipeline order."""
+    rows = [("attempts", scan.tried)]
+    alive = scan.tried
+    for stage in STAGE_ORDER:
+        alive -= scan.rejected_stage.get(stage, 0)
+        rows.append((f"after {stage}", alive))
+    other = sum(v for k, v in scan.rejected_stage.items() if k not in STAGE_ORDER)
+    if other:
+        rows.append(("after other", alive - other))
+    return rows
+
+
+def throughput(scan: _Scan) -> dict:
+    """Per stage: rows, busy seconds, rows per busy second (one actor's rate)."""
+    out = {}
+    for stage in BUSY_STAGES:
+        busy, rows = scan.busy.get(stage, 0.0), scan.busy_rows.get(stage, 0)
+        if rows:
+            out[stage] = {"rows": rows, "busy_s": round(busy, 2), "rows_per_s": round(rows / busy, 1) if busy else None}
+    return out
+
+
+def finalize(cfg, out: Path, plan: pa.Table, staging: Path, rounds: list[dict], seconds: float) -> dict:
+    from engine.datacard import write_datacard
+
+    out = Path(out)
+    started = time.time()
+    scan = scan_staging(staging, out, cfg.images.backend)
+    report_info = {"report_backend": cfg.reports.backend, "report_model": cfg.reports.model or "",
+                   "report_prompt": cfg.reports.prompt}
+    kept = write_data(scan, out, report_info)
+    planned = plan.num_rows
+    manifest = {
+        "syncxr_format": "syncxr-dataset/1",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "complete": len(kept) == planned,
+        "planned": planned,
+        "kept": len(kept),
+        "missing": planned - len(kept),
+        "config_digest": cfg.digest(),
+        "config": cfg.model_dump(mode="json"),
+        "rounds": rounds,
+        "counts": {"attempts": scan.tried, "rejected_attempts": scan.rejected_rows,
+                   "rejected_by_stage": dict(scan.rejected_stage.most_common()),
+                   "rejected_by_reason": dict(scan.rejected_kind.most_common()),
+                   "funnel": dict(funnel(planned, scan))},
+        "stage_throughput": throughput(scan),
+        "seconds": {"pipeline": round(seconds, 1), "finalize": round(time.time() - started, 1)},
+        "versions": package_versions(),
+        "outputs": {"data": "data/", "rejected": "rejected/", "embeddings": "embeddings/", "card": "DATACARD.md"},
+    }
+    write_json(out / "manifest.json", manifest)
+    write_datacard(out, manifest, scan.kept_entities, plan)
+    return manifest
+

@@ -1,0 +1,24 @@
+"""Image backends for the synth tests: the real phantom, made to fail on chosen rows. Ray
+workers import this module by name (the driver's sys.path travels with the job)."""
+from __future__ import annotations
+
+import numpy as np
+
+from actors.phantom import PhantomStage
+
+
+class FlakyPhantom(PhantomStage):
+    """Raises (failing the whole batch) when it holds a row whose plan index is a multiple of
+    `options.fail_every` and whose attempt is below `options.fail_attempts`."""
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        opts = dict((config or {}).get("options") or {})
+        self.every = int(opts.get("fail_every", 5))
+        self.attempts = int(opts.get("fail_attempts", 1))
+
+    def __call__(self, batch: dict) -> dict:
+        for sid, attempt in zip(batch["sample_id"], batch.get("attempt", np.zeros(len(batch["sample_id"])))):
+            if int(str(sid).rsplit("-", 1)[1]) % self.every == 0 and int(attempt) < self.attempts:
+                raise RuntimeError(f"cannot draw {sid}")
+        return super().__call__(batch)

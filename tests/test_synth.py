@@ -1,0 +1,298 @@
+"""`syncxr synth`: pure round logic without Ray, then whole runs on the shared local Ray: output
+layout and schema, resume after kill -9 of the driver, a killed worker actor, failing rows and the
+error budget."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from engine.config import load_config
+from engine.errors import UserError
+from engine.finalize import funnel, reason_kind, scan_staging, stage_of
+from engine.synth import RoundTally, RunStopped, check_error_budget
+from engine.synth_stages import ALL_COLUMNS, check_stage_resources, fixed_columns, gate_dataset_judge, \
+    global_decisions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def small_config(tmp_path: Path, **sections) -> Path:
+    """configs/local.yaml with overrides, written next to the test (prompt path made absolute)."""
+    data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+    data["reports"]["prompt"] = str(ROOT / "configs" / "prompts" / "report_v1.yaml")
+    data["images"]["size"] = 128
+    data["engine"]["num_cpus"] = 2
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    path = tmp_path / "synth.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ---------------------------------------------------------------- pure logic
+
+
+def test_error_budget_stops_with_a_message_naming_the_cause(tmp_path):
+    tally = RoundTally()
+    tally.add({"ok": np.array([True] * 18 + [False, False]),
+               "reasons": [[]] * 18 + [["images: error: RuntimeError: boom"], ["judge: lateral"]],
+               "busy_images": np.ones(20)})
+    assert tally.errors == 1 and tally.rejected_by == {"images": 1, "judge": 1} and tally.busy["images"] == 20
+    check_error_budget(tally, 0.05, tmp_path)  # 1/20 is not above 5%
+    with pytest.raises(RunStopped, match=r"1 of 20 rows failed.*images: error: RuntimeError: boom.*rerun"):
+        check_error_budget(tally, 0.04, tmp_path)
+
+
+def test_global_dedup_never_undoes_an_earlier_round():
+    cfg = load_config(None)
+    base = np.eye(4, dtype=np.float32)
+    emb = np.stack([base[0], base[1], base[0] * 0.999 + base[2] * 0.01, base[3]])
+    # round 1's "a" sorts before round 0's "z" by id, but round order comes first
+    keys = ["00/z", "00/y", "01/a", "01/b"]
+    out = global_decisions(cfg, keys, emb)
+    assert out["00/z"] == (True, "")
+    assert out["01/a"][0] is False and out["01/a"][1].startswith("dedup: cosine") and out["01/a"][1].endswith("to z")
+    assert out["00/y"][0] and out["01/b"][0]
+
+
+def test_reason_helpers_and_funnel():
+    assert stage_of("phantom: error: RuntimeError: x", "phantom") == "images"
+    assert stage_of("judge: lateral", "phantom") == "judge"
+    assert reason_kind("reports: candidate 1: missing: effusion (ABNORMALITY)") == "reports: missing"
+    assert reason_kind("dedup: cosine 0.990 > 0.97 to r0-1") == "dedup"
+
+    class Scan:
+        tried = 10
+        rejected_stage = {"reports": 2, "judge": 1, "dedup": 3}
+    steps = dict(funnel(10, Scan()))
+    assert steps["attempts"] == 10 and steps["after reports"] == 8 and steps["after judge"] == 7
+    assert steps["after privacy"] == 4
+
+
+def test_fixed_columns_keeps_types_for_steps_that_did_not_run():
+    batch = {"sample_id": np.array(["a", "b"], dtype=object), "ok": np.array([True, False]),
+             "reasons": np.array([[], ["x: y"]], dtype=object), "embedding": np.ones((2, 3), np.float32)}
+    out = fixed_columns(batch)
+    assert tuple(out) == ALL_COLUMNS
+    assert out["reference_match"].tolist() == ["", ""] and np.isnan(out["reference_similarity"]).all()
+    assert out["busy_images"].tolist() == [0.0, 0.0]
+    assert out["embedding"][0].dtype == np.float32 and out["embedding"][0].shape == (3,)
+
+
+def test_dataset_level_judge_counts_only_for_live_rows():
+    n = 3
+    batch = {k: np.array([None] * n, dtype=object) for k in ALL_COLUMNS}
+    batch.update({"sample_id": np.array(["a", "b", "c"], dtype=object), "ok": np.array([True, True, False]),
+                  "reasons": np.array([[], [], ["reports: missing: x"]], dtype=object),
+                  "judge_flags": np.array([[], ["lateral"], ["blank"]], dtype=object),
+                  "judge_problematic": np.array([False, True, True]), "judge_error": np.array(["", "", ""], dtype=object)})
+    out = gate_dataset_judge(batch)
+    assert out["ok"].tolist() == [True, False, False]
+    assert list(out["reasons"][1]) == ["judge: lateral"]
+    assert list(out["reasons"][2]) == ["reports: missing: x"]  # already rejected: the judge adds nothing
+
+
+def test_stage_pools_that_fill_the_cluster_are_refused():
+    class FakeRay:
+        def __init__(self, cpus):
+            self.cpus = cpus
+
+        def cluster_resources(self):
+            return {"CPU": self.cpus}
+
+    cfg = load_config(None)
+    check_stage_resources(FakeRay(2), cfg)  # the embedded default fits 2 CPUs
+    with pytest.raises(UserError, match="minimum actor pools need .* CPUs .* cluster has 1"):
+        check_stage_resources(FakeRay(1), cfg)
+
+
+# ---------------------------------------------------------------- whole runs
+
+
+def run(cfg_path: Path, n: int, out: Path, overrides: dict | None = None) -> dict:
+    from engine.synth import run_synth
+
+    return run_synth(load_config(cfg_path, overrides), n, out)
+
+
+def dataset_rows(out: Path) -> dict:
+    t = pa.concat_tables([pq.read_table(p) for p in sorted((out / "data").glob("part-*.parquet"))])
+    return {r["sample_id"]: r for r in t.to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_session, tmp_path_factory):
+    """One uninterrupted run that the other runs are compared with."""
+    tmp = tmp_path_factory.mktemp("synth-ref")
+    cfg = small_config(tmp)
+    out = tmp / "run"
+    manifest = run(cfg, 60, out)
+    return cfg, out, manifest
+
+
+@pytest.mark.ray
+def test_synth_writes_the_dataset_layout(reference_run):
+    from datasets import load_dataset
+
+    _, out, manifest = reference_run
+    plan_ids = pq.read_table(out / "plan.parquet").column("sample_id").to_pylist()
+    assert manifest["complete"] and manifest["kept"] == 60 and manifest["planned"] == 60
+    ds = load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    assert ds["sample_id"] == sorted(plan_ids)  # exactly the planned set, once each, in id order
+    first = ds[0]
+    assert first["image"].size == (128, 128) and first["image"].mode == "L"
+    assert first["impression"] and first["entities"] and first["provenance"]["backend"] == "phantom"
+    assert first["provenance"]["report_backend"] == "template" and first["attempts"]["round"] == 0
+    emb = pa.concat_tables([pq.read_table(p) for p in sorted((out / "embeddings").glob("*.parquet"))])
+    assert emb.column("sample_id").to_pylist() == ds["sample_id"]
+    assert len(emb.column("embedding")[0].as_py()) > 100
+    for name in ("manifest.json", "DATACARD.md", "plots/balance.png", "plots/funnel.png", "plots/samples.png",
+                 "plots/throughput.png"):
+        assert (out / name).is_file(), name
+    assert manifest["counts"]["funnel"]["attempts"] == manifest["counts"]["attempts"] >= 60
+    assert {"images", "embed", "judge", "report_qc"} <= set(manifest["stage_throughput"])
+    assert manifest["versions"]["ray"] and manifest["config_digest"] == load_config(reference_run[0]).digest()
+    card = (out / "DATACARD.md").read_text()
+    assert "60 of 60 planned samples" in card and "load_dataset" in card
+
+
+@pytest.mark.ray
+def test_rerun_of_a_finished_run_changes_nothing(reference_run, capsys):
+    cfg, out, manifest = reference_run
+    before = dataset_rows(out)
+    again = run(cfg, 60, out)
+    assert again["kept"] == 60 and "(already done)" in capsys.readouterr().err
+    assert dataset_rows(out) == before
+
+
+@pytest.mark.ray
+def test_other_settings_in_the_same_directory_are_refused(reference_run):
+    cfg, out, _ = reference_run
+    with pytest.raises(UserError, match="other settings"):
+        run(cfg, 61, out)
+
+
+def _descendants_with(marker: str) -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_resume_after_kill_9_gives_the_uninterrupted_result(reference_run, tmp_path):
+    cfg, ref_out, _ = reference_run
+    out = tmp_path / "killed"
+    # the child's embedded Ray lives here, so we can find what is left of it (short: socket paths)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sx-", dir="/tmp"))
+    log = tmp_path / "driver.log"
+    env = {**os.environ, "TMPDIR": str(ray_tmp), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "synth", "--config", str(cfg), "--n", "60",
+                             "--out", str(out)], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    try:
+        deadline = time.time() + 180
+        while not list((out / "staging" / "round-00").glob("part-*.parquet")):
+            assert proc.poll() is None, f"the run ended before it could be killed: {log.read_text()[-2000:]}"
+            assert time.time() < deadline, "no staged part after 180 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        for leftover in _descendants_with(str(ray_tmp)):
+            leftover.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    staged = list((out / "staging" / "round-00").glob("part-*.parquet"))
+    assert staged and not (out / "staging" / "round-00" / "DONE").exists() and not (out / "data").exists()
+    manifest = run(cfg, 60, out)  # the same command again
+    assert manifest["complete"] and manifest["kept"] == 60
+    got, want = dataset_rows(out), dataset_rows(ref_out)
+    assert sorted(got) == sorted(want)
+    for sid, row in want.items():
+        assert got[sid]["findings"] == row["findings"] and got[sid]["impression"] == row["impression"]
+        assert got[sid]["image"]["bytes"] == row["image"]["bytes"], sid
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_killed_worker_actor_does_not_fail_the_run(reference_run, tmp_path):
+    import psutil
+
+    cfg, ref_out, _ = reference_run
+    out = tmp_path / "worker-killed"
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(manifest=run(cfg, 60, out)))
+    thread.start()
+    killed = None
+    deadline = time.time() + 120
+    while killed is None and thread.is_alive() and time.time() < deadline:
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            title = " ".join(proc.info["cmdline"] or [])
+            if "ImageStage" in title and list((out / "staging" / "round-00").glob("part-*.parquet")):
+                proc.kill()
+                killed = title
+                break
+        time.sleep(0.05)
+    thread.join(300)
+    assert killed, "never saw the image actor with a part already written"
+    manifest = result["manifest"]
+    assert manifest["complete"] and manifest["kept"] == 60
+    got, want = dataset_rows(out), dataset_rows(ref_out)
+    assert sorted(got) == sorted(want)
+    assert all(got[s]["image"]["bytes"] == want[s]["image"]["bytes"] for s in want)
+
+
+@pytest.mark.ray
+def test_failing_rows_are_rejected_with_their_reason_and_retried(ray_session, tmp_path):
+    from engine.images import IMAGE_BACKENDS
+
+    IMAGE_BACKENDS.register("flaky", "synth_fakes:FlakyPhantom")
+    cfg = small_config(tmp_path, images={"backend": "flaky", "options": {"fail_every": 10, "fail_attempts": 1}},
+                       engine={"max_error_fraction": 0.5})
+    out = tmp_path / "flaky"
+    manifest = run(cfg, 40, out)
+    assert manifest["complete"] and manifest["kept"] == 40
+    assert [r["kept"] for r in manifest["rounds"]] == [36, 4]  # ids 0, 10, 20, 30 fail in round 0 only
+    rejected = pa.concat_tables([pq.read_table(p) for p in (out / "rejected").glob("*.parquet")]).to_pylist()
+    assert sorted(int(r["sample_id"].rsplit("-", 1)[1]) for r in rejected) == [0, 10, 20, 30]
+    assert all(r["reasons"][0].startswith("images: error: RuntimeError: cannot draw") for r in rejected)
+    assert manifest["counts"]["rejected_by_stage"] == {"images": 4}
+    rows = dataset_rows(out)
+    assert rows[rejected[0]["sample_id"]]["attempts"]["round"] == 1
+
+
+@pytest.mark.ray
+def test_too_many_errors_stop_the_run_and_keep_what_was_written(ray_session, tmp_path):
+    from engine.images import IMAGE_BACKENDS
+
+    IMAGE_BACKENDS.register("flaky", "synth_fakes:FlakyPhantom")
+    cfg = small_config(tmp_path, images={"backend": "flaky", "options": {"fail_every": 3, "fail_attempts": 9}},
+                       engine={"max_error_fraction": 0.05})
+    out = tmp_path / "stopped"
+    with pytest.raises(RunStopped, match=r"rows failed with errors .* engine.max_error_fraction=5.0%"):
+        run(cfg, 60, out)
+    staged = pa.concat_tables([pq.read_table(p) for p in (out / "staging" / "round-00").glob("part-*.parquet")])
+    assert staged.num_rows >= 20 and not (out / "staging" / "round-00" / "DONE").exists()
+    scan = scan_staging(out / "staging", out, "flaky")
+    assert scan.tried == 0  # an unfinished round is not part of any dataset yet
