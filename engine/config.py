@@ -135,6 +135,8 @@ class EngineConfig(_Section):
     num_cpus: Optional[int] = None  # embedded Ray only
     max_rounds: int = Field(3, ge=1)
     max_error_fraction: float = Field(0.05, ge=0, le=1)
+    # a retry round this small runs its CPU stages in the driver: actor start-up would cost more
+    inline_max_rows: int = Field(64, ge=0)
 
 
 class SyncxrConfig(_Section):

@@ -141,7 +141,8 @@ def check_run_config(cfg, out: Path, n: int) -> None:
 def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
     from engine.qc import embedder_signature, privacy_reference
     from engine.ray_session import init_ray
-    from engine.synth_stages import build_round_dataset, check_stage_resources, decide_global_qc, prepare_stages
+    from engine.synth_stages import (build_round_dataset, can_run_inline, check_stage_resources, decide_global_qc,
+                                     prepare_stages, run_round_inline)
 
     out = Path(out)
     check_run_config(cfg, out, n)
@@ -164,8 +165,13 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
             pending = pending_rows(plan, kept | staged_ids(round_dir), r)
             if pending.num_rows:
                 tally = RoundTally()
-                ds = build_round_dataset(ray, cfg, stages, pending, round_dir, prefix=f"part-r{r:02d}")
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                prefix = f"part-r{r:02d}"
+                if r > 0 and pending.num_rows <= cfg.engine.inline_max_rows and can_run_inline(cfg, stages):
+                    batches = run_round_inline(cfg, stages, pending, round_dir, prefix)
+                else:
+                    ds = build_round_dataset(ray, cfg, stages, pending, round_dir, prefix)
+                    batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+                for batch in batches:
                     tally.add(batch)
                     check_error_budget(tally, cfg.engine.max_error_fraction, staging)
             decide_global_qc(cfg, staging, r, privacy_index)

@@ -209,9 +209,53 @@ def _backend_kwargs(section) -> dict:
     return dict(backend=section.backend, model=section.model, options=dict(section.options))
 
 
+def _reference_kwargs(cfg, stages: PreparedStages) -> Optional[dict]:
+    from engine.qc import embedder_signature
+
+    if not stages.bank:
+        return None
+    return {"bank": stages.bank, "threshold": cfg.qc.reference_threshold,
+            "index": cfg.qc.index.model_dump(), "embedder": embedder_signature(cfg.qc.embedder)}
+
+
+def stage_chain(cfg, stages: PreparedStages) -> list:
+    """The round's stages as plain objects, called one after the other in this process."""
+    from engine.reports import CandidateStage
+
+    if not issubclass(stages.report_cls, CandidateStage) or stages.judge_dataset_level:
+        raise ValueError("a ray.data.llm backend cannot run outside Ray Data")
+    writer = stages.report_cls(**stages.report_cls.constructor_kwargs(stages.rcfg, stages.prompt))
+    return [writer, ReportGate(cfg.extractor.model_dump(), stages.rcfg.tolerance),
+            ImageStage(stages.image_cls, stages.image_kwargs),
+            ImageQCStage(_backend_kwargs(cfg.qc.embedder), _backend_kwargs(cfg.qc.judge), _reference_kwargs(cfg, stages))]
+
+
+def can_run_inline(cfg, stages: PreparedStages) -> bool:
+    """Every stage is a CPU callable class (no GPU, no ray.data.llm engine)."""
+    from engine.reports import CandidateStage
+
+    pools = stage_resources(cfg).values()
+    return (issubclass(stages.report_cls, CandidateStage) and not stages.judge_dataset_level
+            and all(r.num_gpus == 0 and not r.accelerator_type for r in pools))
+
+
+def run_round_inline(cfg, stages: PreparedStages, pending: pa.Table, round_dir: Path, prefix: str):
+    """A small retry round in the driver: the same stage classes on the same rows give the same
+    rows as the Ray pipeline, without seconds of actor start-up for a handful of rows."""
+    chain = stage_chain(cfg, stages)
+    writer = PartWriter(str(round_dir), prefix)
+    size = cfg.images.resources.batch_size
+    for start in range(0, pending.num_rows, size):
+        part = pending.slice(start, size)
+        batch = {name: part.column(name).to_numpy() for name in part.column_names}  # as Ray hands it over
+        for stage in chain:
+            batch = stage(batch)
+        yield writer(fixed_columns(batch))
+
+
 def build_round_dataset(ray, cfg, stages: PreparedStages, pending: pa.Table, round_dir: Path, prefix: str):
     """The lazy pipeline of one round over `pending` (nothing runs until it is iterated)."""
-    from engine.qc import JUDGES, embedder_signature
+    from engine.qc import JUDGES
     from engine.reports import _qc_resources
 
     # blocks of about one image batch, so every actor pool gets work from the start
@@ -223,13 +267,10 @@ def build_round_dataset(ray, cfg, stages: PreparedStages, pending: pa.Table, rou
                    {"extractor": cfg.extractor.model_dump(), "tolerance": stages.rcfg.tolerance})
     ds = map_stage(ds, ImageStage, cfg.images.resources,
                    {"image_cls": stages.image_cls, "image_kwargs": stages.image_kwargs})
-    reference = None
-    if stages.bank:
-        reference = {"bank": stages.bank, "threshold": cfg.qc.reference_threshold,
-                     "index": cfg.qc.index.model_dump(), "embedder": embedder_signature(cfg.qc.embedder)}
     judge = None if stages.judge_dataset_level else _backend_kwargs(cfg.qc.judge)
     ds = map_stage(ds, ImageQCStage, cfg.qc.embedder.resources,
-                   {"embedder": _backend_kwargs(cfg.qc.embedder), "judge": judge, "reference": reference})
+                   {"embedder": _backend_kwargs(cfg.qc.embedder), "judge": judge,
+                    "reference": _reference_kwargs(cfg, stages)})
     if stages.judge_dataset_level:
         ds = JUDGES.get(cfg.qc.judge.backend).apply(ds, cfg.qc.judge, keep_columns=list(ALL_COLUMNS))
         ds = ds.map_batches(gate_dataset_judge, batch_format="numpy", num_cpus=WRITER_CPUS)

@@ -296,3 +296,23 @@ def test_too_many_errors_stop_the_run_and_keep_what_was_written(ray_session, tmp
     assert staged.num_rows >= 20 and not (out / "staging" / "round-00" / "DONE").exists()
     scan = scan_staging(out / "staging", out, "flaky")
     assert scan.tried == 0  # an unfinished round is not part of any dataset yet
+
+
+@pytest.mark.ray
+def test_an_inline_round_stages_the_same_rows_as_the_ray_pipeline(reference_run, tmp_path):
+    from engine.synth import pending_rows
+    from engine.synth_stages import can_run_inline, prepare_stages, run_round_inline
+
+    cfg_path, ref_out, _ = reference_run
+    cfg = load_config(cfg_path)
+    stages = prepare_stages(cfg)
+    assert can_run_inline(cfg, stages)
+    plan = pq.read_table(ref_out / "plan.parquet")
+    summaries = list(run_round_inline(cfg, stages, pending_rows(plan, set(), 0), tmp_path, "part-r00"))
+    assert sum(len(s["sample_id"]) for s in summaries) == 60 and set(summaries[0]) >= {"ok", "reasons", "busy_images"}
+    cols = ["sample_id", "findings", "impression", "image", "embedding", "ok"]
+
+    def staged(d):
+        t = pa.concat_tables([pq.read_table(p, columns=cols) for p in sorted(Path(d).glob("part-*.parquet"))])
+        return sorted(t.to_pylist(), key=lambda r: r["sample_id"])
+    assert staged(tmp_path) == staged(ref_out / "staging" / "round-00")
