@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "synth.md"
 
@@ -132,13 +134,36 @@ def memory(sizes: list[int], out: Path) -> list[str]:
     return lines
 
 
+def neighbour_section(run_dir: Path) -> list[str]:
+    """How close distinct samples of a run are under its embedder: the share whose nearest other
+    sample is above each cosine (what a dedup threshold removes), exact search."""
+    import faiss
+
+    from engine.synth_stages import passed_rows
+
+    _, _, emb = passed_rows(run_dir / "staging", 0)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(emb.shape[1])
+    index.add(emb)
+    nearest = index.search(emb, 2)[0][:, 1]
+    thresholds = (0.95, 0.97, 0.98, 0.985, 0.99)
+    return [f"## Nearest-neighbour cosine of distinct samples ({len(emb)} passed round 0 of {run_dir.name}, "
+            "`pixels` embedder)", "",
+            "| threshold | " + " | ".join(str(t) for t in thresholds) + " |", "|---|" + "---|" * len(thresholds),
+            "| share with a neighbour above it | " + " | ".join(f"{(nearest > t).mean():.4f}" for t in thresholds) + " |"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--memory-sizes", default="1000,10000")
     ap.add_argument("--quick", action="store_true", help="N=300, memory at 200 and 600")
     ap.add_argument("--out", default=str(ROOT / "out" / "bench-synth"))
+    ap.add_argument("--neighbours-of", default=None, help="only: the neighbour table of an existing run dir")
     args = ap.parse_args(argv)
+    if args.neighbours_of:
+        print("\n".join(neighbour_section(Path(args.neighbours_of))))
+        return 0
     n, sizes = (300, [200, 600]) if args.quick else (args.n, [int(s) for s in args.memory_sizes.split(",")])
     out = Path(args.out)
     lines = ["# syncxr synth: engine efficiency and memory", "", f"Run {time.strftime('%Y-%m-%d %H:%M')}, "
@@ -148,6 +173,9 @@ def main(argv=None) -> int:
     mem = memory(sizes, out)
     print("\n".join(mem))
     lines += [""] + mem
+    nn = neighbour_section(out / f"mem-{max(sizes)}")
+    print("\n".join(nn))
+    lines += [""] + nn
     if not args.quick:
         RESULTS.write_text("\n".join(lines) + "\n")
         print(f"wrote {RESULTS}")

@@ -19,7 +19,20 @@ def step(title: str) -> float:
     return time.time()
 
 
-def run(config: str | None, out: Path, n_plan: int) -> None:
+def write_problem_images(out: Path, n_clean: int = 8, seed: int = 101) -> Path:
+    """Degraded phantoms (lateral, inverted, cropped, blank, text, ...): the stand-in for the real
+    problematic images a cluster run judges with the MLLM."""
+    from actors.degrade import clean_phantoms, labelled_bank
+    from engine.images import encode_png
+
+    src = out / "problem-images"
+    src.mkdir(parents=True, exist_ok=True)
+    for i, item in enumerate(labelled_bank(clean_phantoms(n_clean, seed=seed), seed=seed)):
+        (src / f"{item['label']}-{i:03d}.png").write_bytes(encode_png(item["image"]))
+    return src
+
+
+def run(config: str | None, out: Path, n_plan: int, n_synth: int) -> None:
     cfg = load_config(config)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -37,15 +50,36 @@ def run(config: str | None, out: Path, n_plan: int) -> None:
 
     print(f"\nwrote {out}/: entities.parquet, stats.json, rank_frequency.png, plan.parquet, plan_stats.json, plan_balance.png")
 
+    t = step("3. QC bank: the rules judge over degraded phantoms, the problematic ones embedded")
+    from engine.commands.qc_bank import build_bank, format_stats
+
+    bank = out / "qc-bank"
+    print(format_stats(build_bank(cfg, write_problem_images(out), bank, overwrite=True)))
+
+    t = step(f"4. synth: {n_synth} samples through reports, images and QC on a local Ray")
+    import shutil
+
+    from engine.synth import run_synth
+
+    run_dir = out / "synth"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a demo starts over; a real run resumes
+    cfg = load_config(config, {"qc": {"bank": str(bank.resolve())}})
+    manifest = run_synth(cfg, n_synth, run_dir)
+    funnel = manifest["counts"]["funnel"]
+    print("QC funnel: " + " -> ".join(f"{k} {v}" for k, v in funnel.items()))
+    print(f"{manifest['kept']}/{manifest['planned']} samples in {run_dir / 'data'} ({time.time() - t:.1f}s)")
+    print(f"data card: {run_dir / 'DATACARD.md'}")
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default=None)
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--n-plan", type=int, default=2000)
+    ap.add_argument("--n-synth", type=int, default=200)
     args = ap.parse_args(argv)
     try:
-        run(args.config, Path(args.out), args.n_plan)
+        run(args.config, Path(args.out), args.n_plan, args.n_synth)
     except UserError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2

@@ -291,12 +291,15 @@ def passed_rows(staging: Path, upto_round: int) -> tuple[list[str], list[str], n
         if t is None:
             continue
         t = t.filter(t.column("ok"))
-        for sid, emb in zip(t.column("sample_id").to_pylist(), t.column("embedding").to_pylist()):
-            keys.append(f"{r:02d}/{sid}")
-            ids.append(sid)
-            vecs.append(np.asarray(emb, np.float32))
-    dim = len(vecs[0]) if vecs else 0
-    return keys, ids, (np.stack(vecs) if vecs else np.zeros((0, dim), np.float32))
+        if t.num_rows == 0:
+            continue
+        sids = t.column("sample_id").to_pylist()
+        keys += [f"{r:02d}/{sid}" for sid in sids]
+        ids += sids
+        # straight to numpy: a Python float per element would cost ~30 bytes each
+        emb = t.column("embedding").combine_chunks()
+        vecs.append(emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(t.num_rows, -1))
+    return keys, ids, (np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32))
 
 
 def global_decisions(cfg, keys: list[str], embeddings: np.ndarray, privacy_index=None) -> dict[str, tuple[bool, str]]:
