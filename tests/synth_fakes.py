@@ -2,6 +2,8 @@
 workers import this module by name (the driver's sys.path travels with the job)."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from actors.phantom import PhantomStage
@@ -9,16 +11,19 @@ from actors.phantom import PhantomStage
 
 class FlakyPhantom(PhantomStage):
     """Raises (failing the whole batch) when it holds a row whose plan index is a multiple of
-    `options.fail_every` and whose attempt is below `options.fail_attempts`."""
+    `options.fail_every` (0: never) and whose attempt is below `options.fail_attempts`; sleeps
+    `options.sleep_s` per batch, to keep a run going long enough to interfere with it."""
 
     def __init__(self, config=None):
         super().__init__(config)
         opts = dict((config or {}).get("options") or {})
         self.every = int(opts.get("fail_every", 5))
         self.attempts = int(opts.get("fail_attempts", 1))
+        self.sleep_s = float(opts.get("sleep_s", 0))
 
     def __call__(self, batch: dict) -> dict:
+        time.sleep(self.sleep_s)
         for sid, attempt in zip(batch["sample_id"], batch.get("attempt", np.zeros(len(batch["sample_id"])))):
-            if int(str(sid).rsplit("-", 1)[1]) % self.every == 0 and int(attempt) < self.attempts:
+            if self.every and int(str(sid).rsplit("-", 1)[1]) % self.every == 0 and int(attempt) < self.attempts:
                 raise RuntimeError(f"cannot draw {sid}")
         return super().__call__(batch)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -78,7 +79,12 @@ def test_synth_through_ray_job_submit(ray_head, tmp_path):
     out = tmp_path / "job-run"
     submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
               sys.executable, "-m", "engine.cli", "synth", "--n", "24", "--out", str(out)]
-    job = subprocess.run(submit, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    deadline = time.time() + 120
+    while True:  # the head's job agent comes up some seconds after `ray start` returns
+        job = subprocess.run(submit, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        if job.returncode == 0 or "No available agent" not in job.stdout + job.stderr or time.time() > deadline:
+            break
+        time.sleep(3)
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     assert "succeeded" in job.stdout + job.stderr
     assert "round 0:" in job.stdout and "24/24 samples" in job.stdout

@@ -239,7 +239,12 @@ def test_resume_after_kill_9_gives_the_uninterrupted_result(reference_run, tmp_p
 def test_a_killed_worker_actor_does_not_fail_the_run(reference_run, tmp_path):
     import psutil
 
-    cfg, ref_out, _ = reference_run
+    from engine.images import IMAGE_BACKENDS
+
+    IMAGE_BACKENDS.register("flaky", "synth_fakes:FlakyPhantom")
+    _, ref_out, _ = reference_run
+    # the same images as the reference run, drawn slowly enough to be interrupted
+    cfg = small_config(tmp_path, images={"backend": "flaky", "options": {"fail_every": 0, "sleep_s": 0.5}})
     out = tmp_path / "worker-killed"
     result = {}
     thread = threading.Thread(target=lambda: result.update(manifest=run(cfg, 60, out)))
