@@ -136,7 +136,7 @@ def is_plural(name: str) -> bool:
     last = name.lower().split()[-1] if name.split() else ""
     if last in _LATIN_PLURALS or last.endswith("ae"):
         return True
-    return last.endswith("s") and not last.endswith(("ss", "is", "us", "ous", "ys"))
+    return last.endswith("s") and not last.endswith(("ss", "is", "us", "ous"))
 
 
 def _cap(text: str) -> str:

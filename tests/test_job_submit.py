@@ -52,12 +52,15 @@ def ray_head():
 
     temp_dir = tempfile.mkdtemp(prefix="sxh-", dir="/tmp")  # short: Ray's socket paths
     gcs, dash, client = free_port(), free_port(), free_port()
+    # every port of its own: the test session's Ray already holds the default agent ports
+    agents = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                      "metrics-export-port", "runtime-env-agent-port")]
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     env.pop("PYTHONPATH", None)  # the job must find the project through its working dir alone
     cmd = [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-           f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+           f"--temp-dir={temp_dir}", "--disable-usage-stats", *agents]
     started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     try:
         assert started.returncode == 0, started.stderr[-2000:]

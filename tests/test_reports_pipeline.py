@@ -99,6 +99,7 @@ def test_composer_is_deterministic_varied_and_grammatical(extractor):
         decisions = choose_candidates([row["entities"]], [texts], extractor.extract)
         assert decisions[0].accepted and decisions[0].attempts == 1, decisions[0].reasons
     assert is_plural("degenerative changes") and is_plural("hila") and not is_plural("atelectasis")
+    assert is_plural("kidneys") and not is_plural("pneumothorax")
     assert fill("{X} {is} seen.", x="degenerative changes") == "Degenerative changes are seen."
     # The anatomy sits with the finding it locates.
     text = " ".join(writer.generate([ROWS[3]])[0][0])

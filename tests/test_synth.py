@@ -321,3 +321,27 @@ def test_an_inline_round_stages_the_same_rows_as_the_ray_pipeline(reference_run,
         t = pa.concat_tables([pq.read_table(p, columns=cols) for p in sorted(Path(d).glob("part-*.parquet"))])
         return sorted(t.to_pylist(), key=lambda r: r["sample_id"])
     assert staged(tmp_path) == staged(ref_out / "staging" / "round-00")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_synth_drives_the_diffusers_backend_from_the_impression(ray_session, tmp_path):
+    """The real model path inside the engine: a tiny random-weight pipeline saved as a RoentGen
+    checkout. Its noise images fail the judge: the run ends incomplete, every rejection recorded."""
+    from actors.diffusers_sd import save_tiny_pipeline
+    from engine.images import decode_png
+
+    pipe = save_tiny_pipeline(tmp_path / "tiny-sd", sample_size=32)
+    cfg = small_config(tmp_path, images={"backend": "diffusers", "model": str(pipe), "size": 32, "steps": 2,
+                                         "resources": {"num_cpus": 0.5, "batch_size": 4, "max_actors": 1}},
+                       engine={"max_rounds": 1})
+    out = tmp_path / "sd-run"
+    manifest = run(cfg, 12, out)
+    assert manifest["counts"]["funnel"]["after images"] == 12  # every impression was drawn
+    staged = pa.concat_tables([pq.read_table(p) for p in (out / "staging" / "round-00").glob("part-*.parquet")])
+    rows = staged.to_pylist()
+    assert all(decode_png(r["image"]["bytes"]).shape == (32, 32) for r in rows)
+    assert {r["provenance"]["backend"] for r in rows} == {"diffusers"}
+    assert all(r["provenance"]["prompt"] == r["impression"] for r in rows if not r["provenance"]["prompt_truncated"])
+    assert manifest["kept"] + manifest["counts"]["rejected_attempts"] == 12
+    assert manifest["complete"] == (manifest["kept"] == 12)
