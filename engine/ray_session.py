@@ -8,12 +8,17 @@ import shutil
 import tempfile
 
 
+def cluster_address(engine_cfg, address: str | None = None) -> str | None:
+    """The Ray cluster to join, or None for an embedded one."""
+    return address or engine_cfg.address or os.environ.get("RAY_ADDRESS")
+
+
 def init_ray(engine_cfg, address: str | None = None, quiet: bool = True):
     import ray
 
     if ray.is_initialized():
         return ray
-    address = address or engine_cfg.address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(engine_cfg, address)
     if address:
         ray.init(address=address, log_to_driver=not quiet)
     else:

@@ -140,7 +140,7 @@ def check_run_config(cfg, out: Path, n: int) -> None:
 
 def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
     from engine.qc import embedder_signature, privacy_reference
-    from engine.ray_session import init_ray
+    from engine.ray_session import cluster_address, init_ray
     from engine.synth_stages import (build_round_dataset, can_run_inline, check_stage_resources, decide_global_qc,
                                      prepare_stages, run_round_inline)
 
@@ -149,7 +149,7 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
     plan = read_or_write_plan(cfg, n, out)
     stages = prepare_stages(cfg)  # driver-side checks (backends, prompt, bank) before Ray starts
     ray = init_ray(cfg.engine, address)
-    check_stage_resources(ray, cfg)
+    check_stage_resources(ray, cfg, strict=cluster_address(cfg.engine, address) is None)
     privacy_index = privacy_reference(cfg, embedder_signature(cfg.qc.embedder))
     staging = out / "staging"
     kept: set[str] = set()
