@@ -133,9 +133,12 @@ def check_run_config(cfg, out: Path, n: int) -> None:
             raise UserError(
                 f"{out} holds a run with other settings (config digest {theirs.get('config_digest')}, "
                 f"n={theirs.get('n')}; now {mine['config_digest']}, n={n}): use a new --out")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(path, {**mine, "config": cfg.model_dump(mode="json")})
+
+
+def record_run_config(cfg, out: Path, n: int) -> None:
+    """Claim the directory, once the plan is there (a run that failed before has not claimed it)."""
+    if not (out / "run.json").is_file():
+        write_json(out / "run.json", {"config_digest": cfg.digest(), "n": n, "config": cfg.model_dump(mode="json")})
 
 
 def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
@@ -145,9 +148,10 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
                                      prepare_stages, run_round_inline)
 
     out = Path(out)
+    stages = prepare_stages(cfg)  # driver-side checks (backends, prompt, bank) before any work
     check_run_config(cfg, out, n)
     plan = read_or_write_plan(cfg, n, out)
-    stages = prepare_stages(cfg)  # driver-side checks (backends, prompt, bank) before Ray starts
+    record_run_config(cfg, out, n)
     ray = init_ray(cfg.engine, address)
     check_stage_resources(ray, cfg, strict=cluster_address(cfg.engine, address) is None)
     privacy_index = privacy_reference(cfg, embedder_signature(cfg.qc.embedder))

@@ -266,6 +266,8 @@ def run_round_inline(cfg, stages: PreparedStages, pending: pa.Table, round_dir: 
 
 def build_round_dataset(ray, cfg, stages: PreparedStages, pending: pa.Table, round_dir: Path, prefix: str):
     """The lazy pipeline of one round over `pending` (nothing runs until it is iterated)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     from engine.qc import JUDGES
     from engine.reports import _qc_resources
 
@@ -285,9 +287,12 @@ def build_round_dataset(ray, cfg, stages: PreparedStages, pending: pa.Table, rou
     if stages.judge_dataset_level:
         ds = JUDGES.get(cfg.qc.judge.backend).apply(ds, cfg.qc.judge, keep_columns=list(ALL_COLUMNS))
         ds = ds.map_batches(gate_dataset_judge, batch_format="numpy", num_cpus=WRITER_CPUS)
+    # The writer lives on the driver's node: the run directory need not be shared storage.
+    on_driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     return ds.map_batches(PartWriter, fn_constructor_kwargs={"directory": str(round_dir), "prefix": prefix},
                           batch_size=None, batch_format="numpy", num_cpus=WRITER_CPUS,
-                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1))
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
+                          scheduling_strategy=on_driver_node)
 
 
 # ---------------------------------------------------------------- global QC between rounds

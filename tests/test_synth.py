@@ -128,6 +128,23 @@ def run(cfg_path: Path, n: int, out: Path, overrides: dict | None = None) -> dic
     return run_synth(load_config(cfg_path, overrides), n, out)
 
 
+def flaky_config(tmp_path: Path, options: dict, **sections) -> Path:
+    """A config whose image backend is tests/synth_fakes.FlakyPhantom (the phantom, made to fail or wait)."""
+    from engine.images import IMAGE_BACKENDS
+
+    IMAGE_BACKENDS.register("flaky", "synth_fakes:FlakyPhantom")
+    return small_config(tmp_path, images={"backend": "flaky", "options": options}, **sections)
+
+
+def assert_same_samples(out: Path, ref_out: Path) -> None:
+    """The same sample_ids, reports and image bytes as the reference run."""
+    got, want = dataset_rows(out), dataset_rows(ref_out)
+    assert sorted(got) == sorted(want)
+    for sid, row in want.items():
+        assert got[sid]["findings"] == row["findings"] and got[sid]["impression"] == row["impression"], sid
+        assert got[sid]["image"]["bytes"] == row["image"]["bytes"], sid
+
+
 def dataset_rows(out: Path) -> dict:
     t = pa.concat_tables([pq.read_table(p) for p in sorted((out / "data").glob("part-*.parquet"))])
     return {r["sample_id"]: r for r in t.to_pylist()}
@@ -227,11 +244,7 @@ def test_resume_after_kill_9_gives_the_uninterrupted_result(reference_run, tmp_p
     assert staged and not (out / "staging" / "round-00" / "DONE").exists() and not (out / "data").exists()
     manifest = run(cfg, 60, out)  # the same command again
     assert manifest["complete"] and manifest["kept"] == 60
-    got, want = dataset_rows(out), dataset_rows(ref_out)
-    assert sorted(got) == sorted(want)
-    for sid, row in want.items():
-        assert got[sid]["findings"] == row["findings"] and got[sid]["impression"] == row["impression"]
-        assert got[sid]["image"]["bytes"] == row["image"]["bytes"], sid
+    assert_same_samples(out, ref_out)
 
 
 @pytest.mark.ray
@@ -239,12 +252,9 @@ def test_resume_after_kill_9_gives_the_uninterrupted_result(reference_run, tmp_p
 def test_a_killed_worker_actor_does_not_fail_the_run(reference_run, tmp_path):
     import psutil
 
-    from engine.images import IMAGE_BACKENDS
-
-    IMAGE_BACKENDS.register("flaky", "synth_fakes:FlakyPhantom")
     _, ref_out, _ = reference_run
     # the same images as the reference run, drawn slowly enough to be interrupted
-    cfg = small_config(tmp_path, images={"backend": "flaky", "options": {"fail_every": 0, "sleep_s": 0.5}})
+    cfg = flaky_config(tmp_path, {"fail_every": 0, "sleep_s": 0.5})
     out = tmp_path / "worker-killed"
     result = {}
     thread = threading.Thread(target=lambda: result.update(manifest=run(cfg, 60, out)))
@@ -263,18 +273,12 @@ def test_a_killed_worker_actor_does_not_fail_the_run(reference_run, tmp_path):
     assert killed, "never saw the image actor with a part already written"
     manifest = result["manifest"]
     assert manifest["complete"] and manifest["kept"] == 60
-    got, want = dataset_rows(out), dataset_rows(ref_out)
-    assert sorted(got) == sorted(want)
-    assert all(got[s]["image"]["bytes"] == want[s]["image"]["bytes"] for s in want)
+    assert_same_samples(out, ref_out)
 
 
 @pytest.mark.ray
 def test_failing_rows_are_rejected_with_their_reason_and_retried(ray_session, tmp_path):
-    from engine.images import IMAGE_BACKENDS
-
-    IMAGE_BACKENDS.register("flaky", "synth_fakes:FlakyPhantom")
-    cfg = small_config(tmp_path, images={"backend": "flaky", "options": {"fail_every": 10, "fail_attempts": 1}},
-                       engine={"max_error_fraction": 0.5})
+    cfg = flaky_config(tmp_path, {"fail_every": 10, "fail_attempts": 1}, engine={"max_error_fraction": 0.5})
     out = tmp_path / "flaky"
     manifest = run(cfg, 40, out)
     assert manifest["complete"] and manifest["kept"] == 40
@@ -289,11 +293,7 @@ def test_failing_rows_are_rejected_with_their_reason_and_retried(ray_session, tm
 
 @pytest.mark.ray
 def test_too_many_errors_stop_the_run_and_keep_what_was_written(ray_session, tmp_path):
-    from engine.images import IMAGE_BACKENDS
-
-    IMAGE_BACKENDS.register("flaky", "synth_fakes:FlakyPhantom")
-    cfg = small_config(tmp_path, images={"backend": "flaky", "options": {"fail_every": 3, "fail_attempts": 9}},
-                       engine={"max_error_fraction": 0.05})
+    cfg = flaky_config(tmp_path, {"fail_every": 3, "fail_attempts": 9}, engine={"max_error_fraction": 0.05})
     out = tmp_path / "stopped"
     with pytest.raises(RunStopped, match=r"rows failed with errors .* engine.max_error_fraction=5.0%"):
         run(cfg, 60, out)
@@ -354,3 +354,14 @@ def test_on_a_cluster_that_may_scale_the_pool_check_only_warns(capsys):
 
     check_stage_resources(FakeRay(), load_config(None), strict=False)
     assert "warning: the stages' minimum actor pools need" in capsys.readouterr().err
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    from engine.cli import main
+
+    assert main(["synth", "--n", "0", "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.strip() == "syncxr synth: error: --n must be at least 1, got 0"
+    cfg = small_config(tmp_path, qc={"bank": str(tmp_path / "no-bank")})
+    assert main(["synth", "--config", str(cfg), "--n", "5", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-bank: QC bank not found (build it with `syncxr qc-bank" in err[0]
