@@ -27,3 +27,26 @@ class FlakyPhantom(PhantomStage):
             if self.every and int(str(sid).rsplit("-", 1)[1]) % self.every == 0 and int(attempt) < self.attempts:
                 raise RuntimeError(f"cannot draw {sid}")
         return super().__call__(batch)
+
+
+class FakeDatasetJudge:
+    """A dataset-level judge shaped like the MLLM one (ray.data.llm): it sees every row, keeps only
+    `keep_columns` plus its own, and flags every row whose plan index is a multiple of 4 as lateral."""
+
+    dataset_level = True
+
+    @staticmethod
+    def apply(ds, judge_cfg, keep_columns=None):
+        keep = list(keep_columns)
+
+        def judge(batch: dict) -> dict:
+            flagged = [int(str(s).rsplit("-", 1)[1]) % 4 == 0 for s in batch["sample_id"]]
+            out = {k: batch[k] for k in keep}
+            flags = np.empty(len(flagged), dtype=object)
+            flags[:] = [["lateral"] if f else [] for f in flagged]
+            out.update(judge_flags=flags, judge_problematic=np.array(flagged),
+                       judge_scores=np.array(["{}"] * len(flagged), dtype=object),
+                       judge_error=np.array([""] * len(flagged), dtype=object))
+            return out
+
+        return ds.map_batches(judge, batch_format="numpy", num_cpus=0.1)

@@ -365,3 +365,19 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert main(["synth", "--config", str(cfg), "--n", "5", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-bank: QC bank not found (build it with `syncxr qc-bank" in err[0]
+
+
+@pytest.mark.ray
+def test_a_dataset_level_judge_gates_the_live_rows(ray_session, tmp_path):
+    from engine.qc import JUDGES
+
+    JUDGES.register("fake-mllm", "synth_fakes:FakeDatasetJudge")
+    cfg = small_config(tmp_path, qc={"judge": {"backend": "fake-mllm"}}, engine={"max_rounds": 1})
+    out = tmp_path / "mllm"
+    manifest = run(cfg, 24, out)
+    assert manifest["kept"] == 18 and not manifest["complete"]  # ids 0, 4, ..., 20 flagged
+    assert manifest["counts"]["rejected_by_reason"] == {"judge: lateral": 6}
+    rows = dataset_rows(out)
+    assert all(int(s.rsplit("-", 1)[1]) % 4 for s in rows)
+    first = next(iter(rows.values()))
+    assert first["impression"] and first["image"]["bytes"] and first["qc"]["judge_flags"] == []
