@@ -343,7 +343,7 @@ def prepare(cfg) -> tuple[Any, Any, PromptTemplate]:
     return cls, rcfg, prompt
 
 
-def _qc_resources(resources):
+def report_qc_resources(resources):
     """QC is CPU work whatever the generator needs."""
     return resources.model_copy(update={"num_gpus": 0.0, "accelerator_type": None})
 
@@ -355,7 +355,7 @@ def build_report_dataset(cfg, plan_path: str | Path, prepared=None):
     cls, rcfg, prompt = prepared or prepare(cfg)
     ds = ray.data.read_parquet(str(plan_path), columns=list(PLAN_COLUMNS))
     ds = cls.attach(ds, rcfg, prompt)
-    return map_stage(ds, ReportQC, _qc_resources(rcfg.resources),
+    return map_stage(ds, ReportQC, report_qc_resources(rcfg.resources),
                      {"extractor": cfg.extractor.model_dump(), "tolerance": rcfg.tolerance})
 
 

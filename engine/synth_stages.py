@@ -75,9 +75,9 @@ def prepare_stages(cfg) -> PreparedStages:
 def stage_resources(cfg) -> dict:
     """Actor pools of a round: name -> StageResources (the report writer's pool when it is a
     callable-class backend; ray.data.llm backends size their own)."""
-    from engine.reports import _qc_resources
+    from engine.reports import report_qc_resources
 
-    pools = {"reports": cfg.reports.resources, "report_qc": _qc_resources(cfg.reports.resources),
+    pools = {"reports": cfg.reports.resources, "report_qc": report_qc_resources(cfg.reports.resources),
              "images": cfg.images.resources, "image_qc": cfg.qc.embedder.resources}
     return pools
 
@@ -269,14 +269,14 @@ def build_round_dataset(ray, cfg, stages: PreparedStages, pending: pa.Table, rou
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from engine.qc import JUDGES
-    from engine.reports import _qc_resources
+    from engine.reports import report_qc_resources
 
     # blocks of about one image batch, so every actor pool gets work from the start
     rows_per_block = max(cfg.images.resources.batch_size, 1)
     ds = ray.data.from_arrow([pending.slice(i, rows_per_block) for i in range(0, pending.num_rows, rows_per_block)]
                              or [pending])
     ds = stages.report_cls.attach(ds, stages.rcfg, stages.prompt)
-    ds = map_stage(ds, ReportGate, _qc_resources(stages.rcfg.resources),
+    ds = map_stage(ds, ReportGate, report_qc_resources(stages.rcfg.resources),
                    {"extractor": cfg.extractor.model_dump(), "tolerance": stages.rcfg.tolerance})
     ds = map_stage(ds, ImageStage, cfg.images.resources,
                    {"image_cls": stages.image_cls, "image_kwargs": stages.image_kwargs})
