@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_results
+
 RESULTS = Path(__file__).parent / "results" / "dedup.md"
 DIM = 768
 THRESHOLD = 0.97
@@ -169,9 +171,7 @@ def main(argv=None) -> int:
                 ratio = t[hi] / t[lo]
                 lines.append(f"| {m} | {t[lo]:.1f} | {t[hi]:.1f} | {ratio:.1f}x | {math.log(ratio) / math.log(hi / lo):.2f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
+    write_results(RESULTS, text)
     return 0
 
 

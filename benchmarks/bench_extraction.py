@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import write_results
 from engine.config import CorpusConfig
 from engine.corpora import load_corpus
 from engine.entities import ANATOMY, is_negated
@@ -219,10 +220,10 @@ def main(argv=None) -> int:
         "single process.",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.quick:
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(text)
+    if args.quick:
+        print(text)
+    else:
+        write_results(RESULTS, text)
     return 0
 
 

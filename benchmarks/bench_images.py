@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_results
+
 RESULTS = Path(__file__).parent / "results" / "images.md"
 
 FINDINGS = ["pleural effusion", "pneumonia", "atelectasis", "pneumothorax", "cardiomegaly", "pulmonary edema",
@@ -171,9 +173,7 @@ def main(argv=None) -> int:
     lines += bench_phantom(n)
     lines += bench_diffusers(4 if args.quick else 8, 0 if args.quick else 24)
     text = "\n".join(lines)
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
+    write_results(RESULTS, text)
     print(f"wrote {RESULTS}")
     return 0
 

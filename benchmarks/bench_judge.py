@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from benchmarks import write_results
 from actors.degrade import DEGRADATIONS, clean_phantoms, degrade
 from actors.judge_rules import features, judge_features
 
@@ -157,9 +158,7 @@ def main(argv=None) -> int:
                      f"{', '.join(f'{a} {b}' for a, b in sorted(c.items())) or '-'} |")
     lines += ["", *reference_filter_section(data, n)]
     text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
+    write_results(RESULTS, text)
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import write_results
 from engine.config import load_config
 from engine.plan import build_plan, build_vocabulary, contradictions, plan_stats
 from engine.vocabulary import extract_corpus
@@ -72,9 +73,7 @@ def main(argv=None) -> int:
             f"{st['clinical']['plan']['max_min_ratio']} | {st['clinical']['corpus']['max_min_ratio']} | "
             f"{st['anatomy']['plan']['max_min_ratio']} | {st['samples_with_contradictions']} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
+    write_results(RESULTS, text)
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from benchmarks import write_results
 from engine.config import load_config
 from engine.report_qc import choose_candidates
 
@@ -172,9 +173,7 @@ def main(argv=None) -> int:
         ents = ", ".join(f"{e['text']} ({e['type']})" for e in row["entities"])
         lines += [f"Entities: {ents}", "", "```", out[0][0], "```", ""]
     text = "\n".join(lines)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)
+    write_results(RESULTS, text)
     print(f"wrote {RESULTS}")
     return 0
 

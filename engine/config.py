@@ -9,10 +9,10 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.errors import ConfigError
+from engine.yaml_file import read_yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
 
@@ -185,15 +185,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Optional[str] = 
 def load_config(path: str | Path | None = None, overrides: Optional[dict] = None) -> SyncxrConfig:
     """Read a YAML config (default: configs/local.yaml); `overrides` is a nested dict merged on top."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    data = read_yaml(path, "config", ConfigError)
     if overrides:
         data = _merge(data or {}, overrides)
     return parse_config(data, source=str(path), base_dir=str(path.resolve().parent))

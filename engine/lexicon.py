@@ -16,10 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional
 
-import yaml
 
 from engine.entities import ABNORMALITY, ANATOMY, DISEASE, ENTITY_TYPES
 from engine.errors import UserError
+from engine.yaml_file import read_yaml
 
 PACKAGED_LEXICON = Path(__file__).resolve().parent / "data" / "lexicon.yaml"
 
@@ -294,12 +294,4 @@ def _packaged() -> Lexicon:
 
 
 def _load(path: Path) -> Lexicon:
-    if not path.is_file():
-        raise UserError(f"{path}: lexicon file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
-    return build_lexicon(data, str(path))
+    return build_lexicon(read_yaml(path, "lexicon"), str(path))

@@ -6,10 +6,10 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from engine.entities import ENTITY_TYPES, NEGATED_TYPES, ANATOMY
 from engine.errors import ConfigError, UserError
+from engine.yaml_file import read_yaml
 
 _REQUIRED = ("version", "system", "user", "entity_line", "type_labels")
 _USER_FIELDS = {"entity_list", "num_entities", "present_list", "absent_list"}
@@ -39,12 +39,7 @@ def _placeholders(template: str, source: str, what: str) -> set[str]:
 
 def load_prompt(path: str | Path) -> PromptTemplate:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: prompt file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml(path, "prompt", ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with fields {', '.join(_REQUIRED)}")
     missing = [k for k in _REQUIRED if k not in data]
