@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

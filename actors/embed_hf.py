@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 
 
 def _looks_like_path(model: str) -> bool:

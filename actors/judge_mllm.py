@@ -19,7 +19,7 @@ import re
 from typing import Any, Optional
 
 from actors.degrade import DEGRADATIONS
-from engine.errors import ConfigError, UserError
+from engine.core.errors import ConfigError, UserError
 
 FLAGS = DEGRADATIONS + ["other_view", "artefact", "unusable"]
 OUTPUT_COLUMNS = ("judge_flags", "judge_problematic", "judge_scores", "judge_error")

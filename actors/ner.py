@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from engine.entities import ENTITY_TYPES, dedupe
-from engine.errors import ConfigError, UserError
+from engine.core.errors import ConfigError, UserError
 from engine.lexicon_extractor import split_sentences, stage_call
 
 _WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
@@ -130,7 +130,7 @@ class TransformersNER:
     Also a Ray Data stage (`__call__(batch)` adds `entities` to a batch with `text`)."""
 
     def __init__(self, cfg=None):
-        from engine.config import ExtractorConfig
+        from engine.core.config import ExtractorConfig
 
         if isinstance(cfg, dict):
             cfg = ExtractorConfig(**cfg)

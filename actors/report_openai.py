@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 from engine.prompts import PromptTemplate, render_messages
 from engine.reports import (
     attach_per_candidate,
@@ -24,7 +24,7 @@ from engine.reports import (
     parse_options,
     prompt_to_kwargs,
 )
-from engine.stages import entity_lists
+from engine.core.stage import entity_lists
 
 SKIP_KEY = "syncxr_skip"  # a payload holding this is answered locally, never sent
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 from engine.prompts import PromptTemplate, render_messages
 from engine.reports import CandidateStage, check_model_source, parse_options, prompt_to_kwargs, short_error
 

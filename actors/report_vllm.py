@@ -10,7 +10,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.prompts import PromptTemplate, render_messages
-from engine.stages import entity_lists
+from engine.core.stage import entity_lists
 from engine.reports import (
     attach_per_candidate,
     candidate_seed,

@@ -69,7 +69,7 @@ def current_rss_mb() -> float:
 
 
 def worker(data_path: str, method: str, out_dir: str) -> None:
-    from engine.config import IndexConfig
+    from engine.core.config import IndexConfig
     from engine.faiss_index import build_index
     from engine.qc_filters import candidate_pairs, greedy_keep
 

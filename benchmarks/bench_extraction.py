@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import write_results
-from engine.config import CorpusConfig
+from engine.core.config import CorpusConfig
 from engine.corpora import load_corpus
 from engine.entities import ANATOMY, is_negated
 from engine.lexicon import load_lexicon, tokenize

@@ -94,7 +94,7 @@ def bench_diffusers(n: int, ray_rows: int) -> list[str]:
     import torch
 
     from actors.diffusers_sd import DiffusersStage, save_tiny_pipeline
-    from engine.stages import object_column
+    from engine.core.stage import object_column
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-sd-"))
     size, steps = 64, 4
@@ -134,9 +134,9 @@ def bench_diffusers(n: int, ray_rows: int) -> list[str]:
         import pyarrow.parquet as pq
         import ray
 
-        from engine.config import load_config
+        from engine.core.config import load_config
         from engine.images import run_images
-        from engine.ray_session import init_ray
+        from engine.core.ray_session import init_ray
 
         cfg = load_config(None, overrides={"images": {**settings, "resources": {
             "num_cpus": 1, "batch_size": n, "min_actors": 1, "max_actors": 1}}, "engine": {"num_cpus": 2}})

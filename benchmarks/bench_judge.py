@@ -75,7 +75,7 @@ def reference_filter_section(data, n: int) -> list[str]:
     """What the paper's reference filter does with the `pixels` embedder: a bank of degraded
     phantoms (other seeds), the evaluation set as queries, rejection rates per threshold."""
     from actors.embed_pixels import PixelEmbedder
-    from engine.config import IndexConfig
+    from engine.core.config import IndexConfig
     from engine.qc_filters import reference_filter
 
     emb = PixelEmbedder()

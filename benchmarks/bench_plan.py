@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import write_results
-from engine.config import load_config
+from engine.core.config import load_config
 from engine.plan import build_plan, build_vocabulary, contradictions, plan_stats
 from engine.vocabulary import extract_corpus
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from benchmarks import write_results
-from engine.config import load_config
+from engine.core.config import load_config
 from engine.report_qc import choose_candidates
 
 RESULTS = Path(__file__).parent / "results" / "reports.md"
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     import ray
 
-    from engine.ray_session import init_ray
+    from engine.core.ray_session import init_ray
     from engine.reports import build_report_dataset
 
     t0 = time.perf_counter()

@@ -49,7 +49,7 @@ def standalone_rates(cfg, plan, n: int) -> dict:
 
 
 def efficiency(n: int, out: Path) -> list[str]:
-    from engine.config import load_config
+    from engine.core.config import load_config
     from engine.synth import read_or_write_plan
 
     cfg = load_config(None)

@@ -1,5 +1,7 @@
-"""`syncxr` command line. Subcommands live in engine/commands/*.py, each with `register(sub)`
-that adds a parser whose `func(args)` does the work. User errors print one line, no traceback."""
+"""`syncxr` command line. Subcommands live in the `commands` package of each top-level package
+(engine, train, eval), one module each with `register(sub)` that adds a parser whose `func(args)`
+does the work. They are found by name, so the engine never imports train/ or eval/ code itself.
+User errors print one line, no traceback."""
 from __future__ import annotations
 
 import argparse
@@ -7,18 +9,24 @@ import importlib
 import pkgutil
 import sys
 
-import engine.commands
 from engine import __version__
-from engine.errors import UserError
+from engine.core.errors import UserError
+
+
+COMMAND_PACKAGES = ("engine.commands", "train.commands", "eval.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="syncxr", description="Synthetic chest X-ray data engine (SynCXR).")
     parser.add_argument("--version", action="version", version=f"syncxr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(engine.commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"engine.commands.{info.name}")
-        module.register(sub)
+    for package_name in COMMAND_PACKAGES:
+        try:
+            package = importlib.import_module(package_name)
+        except ModuleNotFoundError:
+            continue  # a package not installed: its commands are simply absent
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            importlib.import_module(f"{package_name}.{info.name}").register(sub)
     return parser
 
 

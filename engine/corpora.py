@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 from engine.sections import clean_text, split_sections
 
 

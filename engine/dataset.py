@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 
 FORMAT = "syncxr-dataset/1"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from engine.commands.entities import format_long_tail, write_entities
 from engine.commands.plan import format_plan_stats, write_plan
-from engine.config import load_config
-from engine.errors import UserError
+from engine.core.config import load_config
+from engine.core.errors import UserError
 
 
 def step(title: str) -> float:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol
 
-from engine.errors import UserError
-from engine.registry import Registry
+from engine.core.errors import UserError
+from engine.core.registry import Registry
 
 ABNORMALITY = "ABNORMALITY"
 NON_ABNORMALITY = "NON-ABNORMALITY"

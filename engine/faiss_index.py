@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.errors import ConfigError, UserError
+from engine.core.errors import ConfigError, UserError
 
 GPU_MAX_K = 2048  # faiss-gpu's largest k per search
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from engine.stages import object_column
+from engine.core.stage import object_column
 
 Verdict = Callable[[dict], tuple[np.ndarray, list[Optional[str]]]]
 

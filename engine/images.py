@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.errors import UserError
-from engine.registry import Registry
+from engine.core.errors import UserError
+from engine.core.registry import Registry
 
 IMAGE_BACKENDS = Registry("image")
 IMAGE_BACKENDS.register("phantom", "actors.phantom:PhantomStage")
@@ -76,7 +76,7 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def stage_settings(config: Optional[dict]) -> dict:
     """ImagesConfig as a plain dict (what the stage classes receive), with defaults filled in."""
-    from engine.config import ImagesConfig
+    from engine.core.config import ImagesConfig
 
     return ImagesConfig.model_validate(config or {}).model_dump()
 
@@ -115,7 +115,7 @@ def reject_row(out: dict, sample_id: str, reason: str, provenance: dict) -> None
 
 def finish_output(out: dict) -> dict:
     """Lists -> numpy columns (object columns where the values are not scalars)."""
-    from engine.stages import object_column
+    from engine.core.stage import object_column
 
     return {"sample_id": np.array(out["sample_id"], dtype=object),
             "image": object_column(out["image"]), "masks": object_column(out["masks"]),
@@ -198,8 +198,8 @@ def run_images(cfg, reports_path: str | Path, out_dir: str | Path, limit: Option
     import ray.data
     from ray.data.expressions import col
 
-    from engine.ray_session import init_ray
-    from engine.stages import map_stage
+    from engine.core.ray_session import init_ray
+    from engine.core.stage import map_stage
 
     reports_path, out_dir = Path(reports_path), Path(out_dir)
     backend = cfg.images.backend

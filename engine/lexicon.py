@@ -18,8 +18,8 @@ from typing import Iterator, Optional
 
 
 from engine.entities import ABNORMALITY, ANATOMY, DISEASE, ENTITY_TYPES
-from engine.errors import UserError
-from engine.yaml_file import read_yaml
+from engine.core.errors import UserError
+from engine.core.yaml_file import read_yaml
 
 PACKAGED_LEXICON = Path(__file__).resolve().parent / "data" / "lexicon.yaml"
 

@@ -234,7 +234,7 @@ class LexiconExtractor:
     `__call__(batch)` reads the `text` column and adds `entities` (and `extract_error`)."""
 
     def __init__(self, cfg=None, lexicon: Optional[Lexicon] = None):
-        from engine.config import ExtractorConfig
+        from engine.core.config import ExtractorConfig
 
         if isinstance(cfg, dict):
             cfg = ExtractorConfig(**cfg)
@@ -277,7 +277,7 @@ def stage_call(extract, batch: dict) -> dict:
     """Ray Data stage body shared by the extractors: read `text`, add `entities` and
     `extract_error` ("" when fine). A row that is not text, or that the extractor fails on,
     gets [] and a reason; the rest of the batch is unaffected."""
-    from engine.stages import object_column
+    from engine.core.stage import object_column
 
     if "text" not in batch:
         raise KeyError(f"extraction stage needs a 'text' column, got {sorted(batch)}")

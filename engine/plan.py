@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.entities import ANATOMY, CLINICAL_TYPES, ENTITY_TYPES, is_negated
-from engine.errors import UserError
+from engine.core.errors import UserError
 
 PLAN_SCHEMA = pa.schema([
     ("sample_id", pa.string()),

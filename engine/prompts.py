@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 from engine.entities import ENTITY_TYPES, NEGATED_TYPES, ANATOMY
-from engine.errors import ConfigError, UserError
-from engine.yaml_file import read_yaml
+from engine.core.errors import ConfigError, UserError
+from engine.core.yaml_file import read_yaml
 
 _REQUIRED = ("version", "system", "user", "entity_line", "type_labels")
 _USER_FIELDS = {"entity_list", "num_entities", "present_list", "absent_list"}

@@ -21,12 +21,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from engine.errors import ConfigError, UserError
+from engine.core.errors import ConfigError, UserError
 from engine.faiss_index import SearchIndex, build_index, choose_kind, load_index, save_index
 from engine.images import decode_png
 from engine.qc_filters import near_duplicates, privacy_filter, reference_filter, unit_vectors
-from engine.registry import Registry
-from engine.stages import object_column
+from engine.core.registry import Registry
+from engine.core.stage import object_column
 
 EMBEDDERS = Registry("qc.embedder")
 EMBEDDERS.register("pixels", "actors.embed_pixels:PixelEmbedder")
@@ -264,7 +264,7 @@ def check_backends(qc_cfg) -> None:
 
 def judge_dataset(ds, judge_cfg):
     """Apply the configured judge to a Ray dataset with an `image` column."""
-    from engine.stages import map_stage
+    from engine.core.stage import map_stage
 
     cls = JUDGES.get(judge_cfg.backend)
     if getattr(cls, "dataset_level", False):
@@ -274,7 +274,7 @@ def judge_dataset(ds, judge_cfg):
 
 
 def embed_dataset(ds, embedder_cfg):
-    from engine.stages import map_stage
+    from engine.core.stage import map_stage
 
     return map_stage(ds, EmbedStage, embedder_cfg.resources,
                      dict(backend=embedder_cfg.backend, model=embedder_cfg.model, options=dict(embedder_cfg.options)))
@@ -399,7 +399,7 @@ class ReferenceFilterStage:
     prefix = "reference"
 
     def __init__(self, bank: str, threshold: float, index: dict, embedder: Optional[dict] = None):
-        from engine.config import IndexConfig
+        from engine.core.config import IndexConfig
 
         self.threshold = float(threshold)
         self.bank = load_bank(bank, IndexConfig(**index), expect_embedder=embedder)

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 from engine.faiss_index import SearchIndex, build_index
 
 

@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.entities import ENTITY_TYPES, build_extractor
-from engine.errors import ConfigError, UserError
+from engine.core.errors import ConfigError, UserError
 from engine.prompts import PromptTemplate, load_prompt
-from engine.ray_session import init_ray
-from engine.registry import Registry
+from engine.core.ray_session import init_ray
+from engine.core.registry import Registry
 from engine.report_qc import choose_candidates
-from engine.stages import entity_lists, map_stage, object_column
+from engine.core.stage import entity_lists, map_stage, object_column
 
 REPORT_BACKENDS = Registry("reports")
 REPORT_BACKENDS.register("template", "actors.report_template:TemplateReportWriter")
@@ -231,7 +231,7 @@ class ReportQC:
     candidate that matches the sampled entities wins."""
 
     def __init__(self, extractor: dict, tolerance: int = 0):
-        from engine.config import ExtractorConfig
+        from engine.core.config import ExtractorConfig
 
         self.extractor = build_extractor(ExtractorConfig(**extractor))
         self.tolerance = tolerance
@@ -321,7 +321,7 @@ def backend_class(rcfg):
 def prompt_path(cfg) -> Path:
     """The prompt file: relative to the config file, else one shipped in configs/ (so a config
     kept elsewhere can still name prompts/report_v1.yaml)."""
-    from engine.config import DEFAULT_CONFIG
+    from engine.core.config import DEFAULT_CONFIG
 
     path = cfg.resolve(cfg.reports.prompt)
     shipped = DEFAULT_CONFIG.parent / cfg.reports.prompt

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 from engine.plan import PLAN_SCHEMA
 from engine.sink import read_parts, write_json
 
@@ -143,7 +143,7 @@ def record_run_config(cfg, out: Path, n: int) -> None:
 
 def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
     from engine.qc import embedder_signature, privacy_reference
-    from engine.ray_session import cluster_address, init_ray
+    from engine.core.ray_session import cluster_address, init_ray
     from engine.synth_stages import (build_round_dataset, can_run_inline, check_stage_resources, decide_global_qc,
                                      prepare_stages, run_round_inline)
 

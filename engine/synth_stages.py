@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 from engine.gate import Gated
 from engine.sink import PartWriter, read_parts
-from engine.stages import map_stage, object_column
+from engine.core.stage import map_stage, object_column
 
 WORK_COLUMNS = (
     "sample_id", "entities", "seed", "plan_seed", "attempt",

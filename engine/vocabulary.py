@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from engine.corpora import load_corpus
 from engine.entities import ENTITY_TYPES, build_extractor
-from engine.errors import UserError
+from engine.core.errors import UserError
 from engine.stats import count_entities
 
 ENTITY_TABLE_COLUMNS = ("text", "type", "count")

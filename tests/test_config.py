@@ -1,7 +1,7 @@
 import pytest
 
-from engine.config import SyncxrConfig, load_config, parse_config
-from engine.errors import ConfigError
+from engine.core.config import SyncxrConfig, load_config, parse_config
+from engine.core.errors import ConfigError
 
 
 def test_default_config_loads_and_resolves_relative_paths():

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from engine.config import CorpusConfig
+from engine.core.config import CorpusConfig
 from engine.corpora import load_corpus, read_iu_xray
-from engine.errors import UserError
+from engine.core.errors import UserError
 from engine.sections import split_sections
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engine.cli import main
-from engine.config import ExtractorConfig, StageResources
+from engine.core.config import ExtractorConfig, StageResources
 from engine.lexicon_extractor import LexiconExtractor
 
 
@@ -82,7 +82,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys, setup, argv, message):
 
 
 def test_lexicon_stage_in_ray_data(ray_session):
-    from engine.stages import entity_lists, map_stage
+    from engine.core.stage import entity_lists, map_stage
 
     rows = [{"sample_id": f"s{i}", "text": t} for i, t in enumerate(
         ["No pneumothorax.", "Cardiomegaly.", "", "Possible pneumonia in the right lower lobe."] * 5)]

@@ -5,10 +5,10 @@ import textwrap
 
 import pytest
 
-from engine.config import CorpusConfig, ExtractorConfig
+from engine.core.config import CorpusConfig, ExtractorConfig
 from engine.corpora import load_corpus
 from engine.entities import ENTITY_TYPES, build_extractor, flip_polarity
-from engine.errors import UserError
+from engine.core.errors import UserError
 from engine.lexicon import REGIONS, SIDES, load_lexicon, plural_forms, tokenize
 from engine.lexicon_extractor import LexiconExtractor, check_canonical_roundtrip, split_sentences
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.config import CorpusConfig, ExtractorConfig
+from engine.core.config import CorpusConfig, ExtractorConfig
 from engine.corpora import load_corpus
 from engine.entities import ENTITY_TYPES, build_extractor
-from engine.errors import ConfigError, UserError
+from engine.core.errors import ConfigError, UserError
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

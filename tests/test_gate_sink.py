@@ -6,7 +6,7 @@ import pytest
 
 from engine.gate import Gated
 from engine.sink import PartWriter, read_parts, write_part
-from engine.stages import object_column
+from engine.core.stage import object_column
 from engine.synth import RoundTally, RunStopped, check_error_budget, fold_seed, pending_rows
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from actors.diffusers_sd import (DiffusersStage, check_pipeline_source, load_pipeline, prepare_prompt,
                                  save_tiny_pipeline)
-from engine.errors import UserError
+from engine.core.errors import UserError
 from engine.images import decode_png
 
 SIZE = 32
@@ -118,7 +118,7 @@ def test_diffusers_actor_inside_a_ray_data_pipeline(ray_session, tiny_sd, tmp_pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from engine.config import load_config
+    from engine.core.config import load_config
     from engine.images import run_images
 
     reports = tmp_path / "reports.parquet"

@@ -9,7 +9,7 @@ from actors.anatomy_model import lung_templates
 from actors.phantom import PhantomStage, plan_findings, render_phantom
 from actors.phantom_findings import DRAWERS, finding_for, parse_location
 from engine.images import decode_png, encode_png
-from engine.stages import object_column
+from engine.core.stage import object_column
 
 SIZE = 128
 

@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 from engine.plan import build_plan, build_vocabulary, contradictions, plan_stats, sample_seeds
 from engine.stats import count_entities, gini, top_share
 

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.degrade import clean_phantoms, degrade
-from engine.config import IndexConfig, load_config
-from engine.errors import UserError
+from engine.core.config import IndexConfig, load_config
+from engine.core.errors import UserError
 from engine.images import encode_png
 from engine.qc import (EmbedStage, JudgeStage, PrivacyFilterStage, ReferenceFilterStage, dedup_table, embed_verdict,
                        judge_verdict, load_bank, privacy_reference, read_images_local, reference_verdict,
@@ -250,7 +250,7 @@ def test_qc_bank_command(ray_session, phantoms, tmp_path, capsys):
 def test_dedup_kept_set_does_not_depend_on_batch_order(ray_session, phantoms):
     import ray
 
-    from engine.config import StageBackend, StageResources
+    from engine.core.config import StageBackend, StageResources
     from engine.qc import collect_embeddings, embed_dataset
 
     rng = np.random.default_rng(0)
@@ -276,7 +276,7 @@ def test_dedup_kept_set_does_not_depend_on_batch_order(ray_session, phantoms):
 
 
 def test_backends_are_checked_on_the_driver(tmp_path):
-    from engine.errors import ConfigError
+    from engine.core.errors import ConfigError
     from engine.qc import check_backends
 
     check_backends(load_config().qc)

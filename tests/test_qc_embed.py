@@ -9,7 +9,7 @@ from PIL import Image
 
 from actors.degrade import clean_phantoms, degrade, toy_frontal
 from actors.embed_pixels import PixelEmbedder, pixel_descriptor
-from engine.errors import UserError
+from engine.core.errors import UserError
 
 
 def cos(a, b):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.config import IndexConfig
-from engine.errors import ConfigError, UserError
+from engine.core.config import IndexConfig
+from engine.core.errors import ConfigError, UserError
 from engine.faiss_index import build_index, default_nlist
 from engine.qc_filters import (greedy_keep, near_duplicates, privacy_filter, reference_filter,
                                unit_vectors)

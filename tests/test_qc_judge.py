@@ -13,8 +13,8 @@ from actors.degrade import DEGRADATIONS, clean_phantoms, degrade, labelled_bank
 from actors.judge_mllm import (build_judge_processor, build_messages, parse_answer, processor_config,
                                vllm_missing_reason)
 from actors.judge_rules import KINDS, RulesJudge, corner_tilt, judge_image, text_glyphs
-from engine.config import StageBackend, StageResources
-from engine.errors import ConfigError, UserError
+from engine.core.config import StageBackend, StageResources
+from engine.core.errors import ConfigError, UserError
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.report_transformers import TransformersReportWriter, prompt_text
-from engine.config import parse_config
+from engine.core.config import parse_config
 from engine.entities import build_extractor
-from engine.errors import UserError
+from engine.core.errors import UserError
 from engine.plan import PLAN_SCHEMA
 from engine.prompts import load_prompt, render_messages
 from engine.report_qc import choose_candidates

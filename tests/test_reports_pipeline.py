@@ -10,7 +10,7 @@ import pytest
 
 from actors.report_template import PHRASES, STATEMENTS, TemplateComposer, TemplateReportWriter, fill, is_plural
 from engine.cli import main
-from engine.config import load_config
+from engine.core.config import load_config
 from engine.entities import ANATOMY, build_extractor, flip_polarity
 from engine.lexicon import load_lexicon
 from engine.plan import PLAN_SCHEMA
@@ -116,7 +116,7 @@ def test_report_qc_stage_and_verdict():
     import numpy as np
 
     from engine.reports import ReportQC, report_verdict
-    from engine.stages import object_column
+    from engine.core.stage import object_column
 
     ents = ROWS[0]["entities"][:2]
     good = ("FINDINGS: Pleural effusion is seen. No pneumothorax.\n\nIMPRESSION: Pleural effusion.")

@@ -22,11 +22,11 @@ from actors.report_openai import (
     request_body,
 )
 from actors.report_vllm import VLLMReportWriter, processor_config, vllm_postprocess, vllm_preprocess
-from engine.config import parse_config
-from engine.errors import ConfigError, UserError
+from engine.core.config import parse_config
+from engine.core.errors import ConfigError, UserError
 from engine.prompts import load_prompt
 from engine.reports import explode_candidates, normalise_llm_row, prompt_to_kwargs, regroup_candidates
-from engine.stages import object_column
+from engine.core.stage import object_column
 
 PROMPT = prompt_to_kwargs(load_prompt("configs/prompts/report_v1.yaml"))
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_tokens": 256}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import ConfigError, UserError
+from engine.core.errors import ConfigError, UserError
 from engine.prompts import load_prompt, render_messages
 from engine.report_parse import parse_report
 from engine.report_qc import choose_candidates, compare_entities, normalise

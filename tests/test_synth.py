@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from engine.config import load_config
-from engine.errors import UserError
+from engine.core.config import load_config
+from engine.core.errors import UserError
 from engine.finalize import funnel, reason_kind, scan_staging, stage_of
 from engine.synth import RoundTally, RunStopped, check_error_budget
 from engine.synth_stages import ALL_COLUMNS, check_stage_resources, fixed_columns, gate_dataset_judge, \

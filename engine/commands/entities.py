@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from engine.config import load_config
+from engine.core.config import load_config
 from engine.stats import long_tail_stats, plot_rank_frequency
 from engine.vocabulary import extract_corpus
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 
 CHUNK = 512  # reports per extractor call when streaming a file
 
@@ -81,7 +81,7 @@ def iter_reports(path: str) -> Iterator[str]:
 
 
 def build(args):
-    from engine.config import load_config
+    from engine.core.config import load_config
     from engine.entities import build_extractor
 
     overrides = {k: getattr(args, k) for k in ("backend", "model", "lexicon", "device") if getattr(args, k)}

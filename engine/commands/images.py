@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.config import load_config
-from engine.errors import UserError
+from engine.core.config import load_config
+from engine.core.errors import UserError
 
 
 def register(sub) -> None:

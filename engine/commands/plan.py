@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from engine.config import load_config
-from engine.errors import UserError
+from engine.core.config import load_config
+from engine.core.errors import UserError
 from engine.plan import build_plan, build_vocabulary, plan_counts, plan_stats
 from engine.stats import plot_balance
 from engine.vocabulary import extract_corpus, read_entity_table

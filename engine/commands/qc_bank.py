@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import load_config
-from engine.errors import UserError
+from engine.core.config import load_config
+from engine.core.errors import UserError
 
 
 def register(sub) -> None:
@@ -43,7 +43,7 @@ def _collect(ds, columns: list[str]) -> dict:
 def build_bank(cfg, src, out, keep: str = "problematic", limit=None, address=None, overwrite=False) -> dict:
     from engine.qc import (check_backends, embed_dataset, embedder_signature, image_source_dataset, judge_dataset,
                            save_bank)
-    from engine.ray_session import init_ray
+    from engine.core.ray_session import init_ray
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:

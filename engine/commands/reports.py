@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.config import load_config
+from engine.core.config import load_config
 
 
 def register(sub) -> None:

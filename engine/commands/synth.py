@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.config import load_config
+from engine.core.config import load_config
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from engine.errors import UserError
+    from engine.core.errors import UserError
     from engine.synth import run_synth
 
     if args.n < 1:

@@ -11,17 +11,33 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from engine.errors import ConfigError
-from engine.yaml_file import read_yaml
+from engine.core.errors import ConfigError
+from engine.core.yaml_file import read_yaml
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
+# Shipped as package data (the checkout's configs/ is a link to it), so an installed syncxr has them.
+PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = PACKAGED_CONFIGS / "local.yaml"
 
 
-class _Section(BaseModel):
+def find_config_file(path: str | Path) -> Path:
+    """`path` as given, else the packaged file of that name ("configs/local.yaml" works anywhere)."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute():
+        return p
+    parts = p.parts[1:] if p.parts and p.parts[0] == "configs" else p.parts
+    packaged = PACKAGED_CONFIGS.joinpath(*parts) if parts else None
+    return packaged if packaged is not None and packaged.is_file() else p
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class StageResources(_Section):
+
+
+class StageResources(Section):
     """Ray resources of one stage. Fractional CPUs by default: on a 2-CPU machine an actor pool
     that takes every CPU starves the read tasks and hangs."""
 
@@ -39,7 +55,7 @@ class StageResources(_Section):
         return self
 
 
-class CorpusConfig(_Section):
+class CorpusConfig(Section):
     """Where real reports come from. `iu-xray` is shipped by torchxrayvision; the others read
     `path`: a MIMIC-CXR `files/` tree, or a CSV/JSONL file with a text column."""
 
@@ -50,7 +66,7 @@ class CorpusConfig(_Section):
     limit: Optional[int] = Field(None, ge=1)
 
 
-class ExtractorConfig(_Section):
+class ExtractorConfig(Section):
     backend: str = "lexicon"
     model: Optional[str] = None  # local directory or hub id (transformers backend)
     lexicon: Optional[str] = None  # a custom lexicon YAML; default: the packaged one
@@ -58,7 +74,7 @@ class ExtractorConfig(_Section):
     device: str = "cpu"
 
 
-class PlanConfig(_Section):
+class PlanConfig(Section):
     """Balanced entity sampling. The paper does not publish k, m or tau_max; the README explains
     these defaults (k and m follow the IU X-ray per-report medians; tau_max is relative)."""
 
@@ -71,14 +87,14 @@ class PlanConfig(_Section):
     exclusive_pairs: list[tuple[str, str]] = Field(default_factory=list)
 
 
-class StageBackend(_Section):
+class StageBackend(Section):
     backend: str
     model: Optional[str] = None
     resources: StageResources = Field(default_factory=StageResources)
     options: dict[str, Any] = Field(default_factory=dict)  # backend-specific settings
 
 
-class SamplingConfig(_Section):
+class SamplingConfig(Section):
     """Decoding settings shared by the LLM report backends (transformers, vllm, openai)."""
 
     temperature: float = Field(0.7, ge=0)  # 0: greedy
@@ -101,7 +117,7 @@ class ImagesConfig(StageBackend):
     guidance: float = 4.0
 
 
-class IndexConfig(_Section):
+class IndexConfig(Section):
     """FAISS search behind the QC filters (inner product on L2-normalised vectors = cosine)."""
 
     exact_max: int = Field(50_000, ge=1)  # exact (flat) search up to this many vectors
@@ -119,7 +135,7 @@ class IndexConfig(_Section):
     use_gpu: Literal["auto", "never", "always"] = "auto"
 
 
-class QCConfig(_Section):
+class QCConfig(Section):
     embedder: StageBackend = Field(default_factory=lambda: StageBackend(backend="pixels"))
     judge: StageBackend = Field(default_factory=lambda: StageBackend(backend="rules"))
     bank: Optional[str] = None  # directory written by `syncxr qc-bank`
@@ -130,7 +146,7 @@ class QCConfig(_Section):
     index: IndexConfig = Field(default_factory=IndexConfig)
 
 
-class EngineConfig(_Section):
+class EngineConfig(Section):
     address: Optional[str] = None  # Ray address; None: RAY_ADDRESS or an embedded local Ray
     num_cpus: Optional[int] = None  # embedded Ray only
     max_rounds: int = Field(3, ge=1)
@@ -139,7 +155,7 @@ class EngineConfig(_Section):
     inline_max_rows: int = Field(64, ge=0)
 
 
-class SyncxrConfig(_Section):
+class SyncxrConfig(Section):
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     extractor: ExtractorConfig = Field(default_factory=ExtractorConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
@@ -168,23 +184,35 @@ def _field_path(loc: tuple) -> str:
 
 
 def parse_config(data: Any, source: str = "<config>", base_dir: Optional[str] = None) -> SyncxrConfig:
+    cfg = validate_model(data, SyncxrConfig, source)
+    cfg.base_dir = base_dir
+    return cfg
+
+
+def validate_model(data: Any, model_cls: type[BaseModel], source: str) -> Any:
+    """Validate a parsed YAML mapping against a schema; errors name the file and the dotted field."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        cfg = SyncxrConfig.model_validate(data)
+        return model_cls.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise ConfigError(f"{source}: field '{_field_path(err['loc'])}': {err['msg']}{more}") from None
-    cfg.base_dir = base_dir
-    return cfg
+
+
+def load_yaml_model(path: str | Path, model_cls: type[BaseModel], what: str = "config") -> tuple[Any, Path]:
+    """Read a YAML file into any schema built from `Section` (training and evaluation configs):
+    the same lookup, YAML errors and field errors as the engine config. Returns (model, path)."""
+    path = find_config_file(path)
+    return validate_model(read_yaml(path, what, ConfigError), model_cls, str(path)), path
 
 
 def load_config(path: str | Path | None = None, overrides: Optional[dict] = None) -> SyncxrConfig:
     """Read a YAML config (default: configs/local.yaml); `overrides` is a nested dict merged on top."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = find_config_file(path) if path is not None else DEFAULT_CONFIG
     data = read_yaml(path, "config", ConfigError)
     if overrides:
         data = _merge(data or {}, overrides)

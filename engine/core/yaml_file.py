@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from engine.errors import UserError
+from engine.core.errors import UserError
 
 
 def read_yaml(path: Path, what: str, error: type[UserError] = UserError) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 
 
 class Registry:

@@ -1,0 +1,1 @@
+"""`syncxr` subcommands of eval/ (found by engine/cli.py)."""

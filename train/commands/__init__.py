@@ -1,0 +1,1 @@
+"""`syncxr` subcommands of train/ (found by engine/cli.py)."""
