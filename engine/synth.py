@@ -111,8 +111,8 @@ def read_or_write_plan(cfg, n: int, out: Path) -> pa.Table:
         if plan.num_rows != n:
             raise UserError(f"{path} holds {plan.num_rows} samples but --n is {n}: use another --out, or --n {plan.num_rows}")
         return plan.select([f.name for f in PLAN_SCHEMA])
-    from engine.commands.entities import write_entities
-    from engine.commands.plan import write_plan
+    from engine.cli.commands.entities import write_entities
+    from engine.cli.commands.plan import write_plan
 
     table, _ = write_entities(cfg, out)  # the corpus side of the data card's balance plot
     plan, _ = write_plan(cfg, n, out, table)

@@ -1,7 +1,7 @@
 """`make demo` end to end, small: entities, plan, QC bank, synth, data card."""
 import pytest
 
-from engine.demo import main
+from engine.cli.demo import main
 
 
 @pytest.mark.ray

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.commands.entities import format_long_tail, write_entities
-from engine.commands.plan import format_plan_stats, write_plan
+from engine.cli.commands.entities import format_long_tail, write_entities
+from engine.cli.commands.plan import format_plan_stats, write_plan
 from engine.core.config import load_config
 from engine.core.errors import UserError
 
@@ -51,7 +51,7 @@ def run(config: str | None, out: Path, n_plan: int, n_synth: int) -> None:
     print(f"\nwrote {out}/: entities.parquet, stats.json, rank_frequency.png, plan.parquet, plan_stats.json, plan_balance.png")
 
     t = step("3. QC bank: the rules judge over degraded phantoms, the problematic ones embedded")
-    from engine.commands.qc_bank import build_bank, format_stats
+    from engine.cli.commands.qc_bank import build_bank, format_stats
 
     bank = out / "qc-bank"
     print(format_stats(build_bank(cfg, write_problem_images(out), bank, overwrite=True)))

@@ -13,7 +13,7 @@ from engine import __version__
 from engine.core.errors import UserError
 
 
-COMMAND_PACKAGES = ("engine.commands", "train.commands", "eval.commands")
+COMMAND_PACKAGES = ("engine.cli.commands", "train.commands", "eval.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"syncxr {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
