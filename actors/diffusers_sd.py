@@ -131,7 +131,7 @@ class DiffusersStage:
     An empty impression is a recorded skip; a failing row is a rejected row."""
 
     def __init__(self, config: Optional[dict] = None):
-        from engine.images import stage_settings
+        from engine.images.pipeline import stage_settings
 
         s = stage_settings(config)
         opts = dict(s.get("options") or {})
@@ -169,7 +169,7 @@ class DiffusersStage:
         return to_gray_uint8(result.images)
 
     def __call__(self, batch: dict) -> dict:
-        from engine.images import empty_output, encode_result, finish_output, reject_row, row_reason
+        from engine.images.pipeline import empty_output, encode_result, finish_output, reject_row, row_reason
 
         n = len(batch["sample_id"])
         results: list = [None] * n  # per row: (image or None, reason or None, provenance)

@@ -14,9 +14,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from engine.entities import ENTITY_TYPES, dedupe
+from engine.text.entities import ENTITY_TYPES, dedupe
 from engine.core.errors import ConfigError, UserError
-from engine.lexicon_extractor import split_sentences, stage_call
+from engine.text.lexicon_extractor import split_sentences, stage_call
 
 _WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
 

@@ -245,13 +245,13 @@ class PhantomStage:
     A row that fails is returned with ok=False and the reason; the batch carries on."""
 
     def __init__(self, config: Optional[dict] = None):
-        from engine.images import stage_settings
+        from engine.images.pipeline import stage_settings
 
         self.settings = stage_settings(config)
         self.size = int(self.settings["size"])
 
     def __call__(self, batch: dict) -> dict:
-        from engine.images import empty_output, encode_result, finish_output, reject_row, row_reason
+        from engine.images.pipeline import empty_output, encode_result, finish_output, reject_row, row_reason
 
         out = empty_output()
         for i in range(len(batch["sample_id"])):

@@ -16,8 +16,8 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.errors import ConfigError
-from engine.prompts import PromptTemplate, render_messages
-from engine.reports import (
+from engine.reports.prompts import PromptTemplate, render_messages
+from engine.reports.pipeline import (
     attach_per_candidate,
     candidate_seed,
     entity_problem,

@@ -18,9 +18,9 @@ from typing import Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from engine.entities import ABNORMALITY, ANATOMY, DISEASE, NON_ABNORMALITY, NON_DISEASE
-from engine.report_parse import format_report
-from engine.reports import CandidateStage, parse_options
+from engine.text.entities import ABNORMALITY, ANATOMY, DISEASE, NON_ABNORMALITY, NON_DISEASE
+from engine.reports.parse import format_report
+from engine.reports.pipeline import CandidateStage, parse_options
 
 # --- where things are ----------------------------------------------------------------------------
 # A finding's group, from words in its name (the lexicon gives regions to anatomy only); the first
@@ -332,7 +332,7 @@ class TemplateOptions(BaseModel):
 
 def anatomy_regions(lexicon_path: Optional[str] = None) -> dict[str, str]:
     """Anatomy name -> region, from the lexicon the extractor uses."""
-    from engine.lexicon import load_lexicon
+    from engine.text.lexicon import load_lexicon
 
     return {e.name: e.region for e in load_lexicon(lexicon_path) if e.type == ANATOMY}
 

@@ -9,8 +9,8 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.errors import UserError
-from engine.prompts import PromptTemplate, render_messages
-from engine.reports import CandidateStage, check_model_source, parse_options, prompt_to_kwargs, short_error
+from engine.reports.prompts import PromptTemplate, render_messages
+from engine.reports.pipeline import CandidateStage, check_model_source, parse_options, prompt_to_kwargs, short_error
 
 
 class TransformersOptions(BaseModel):

@@ -9,9 +9,9 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.prompts import PromptTemplate, render_messages
+from engine.reports.prompts import PromptTemplate, render_messages
 from engine.core.stage import entity_lists
-from engine.reports import (
+from engine.reports.pipeline import (
     attach_per_candidate,
     candidate_seed,
     check_model_source,

@@ -70,8 +70,8 @@ def current_rss_mb() -> float:
 
 def worker(data_path: str, method: str, out_dir: str) -> None:
     from engine.core.config import IndexConfig
-    from engine.faiss_index import build_index
-    from engine.qc_filters import candidate_pairs, greedy_keep
+    from engine.qc.faiss_index import build_index
+    from engine.qc.filters import candidate_pairs, greedy_keep
 
     x = np.load(data_path)
     rss_data = current_rss_mb()

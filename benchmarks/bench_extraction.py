@@ -18,10 +18,10 @@ from pathlib import Path
 
 from benchmarks import write_results
 from engine.core.config import CorpusConfig
-from engine.corpora import load_corpus
-from engine.entities import ANATOMY, is_negated
-from engine.lexicon import load_lexicon, tokenize
-from engine.lexicon_extractor import LexiconExtractor
+from engine.text.corpora import load_corpus
+from engine.text.entities import ANATOMY, is_negated
+from engine.text.lexicon import load_lexicon, tokenize
+from engine.text.lexicon_extractor import LexiconExtractor
 
 RESULTS = Path(__file__).parent / "results" / "extraction.md"
 

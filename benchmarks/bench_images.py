@@ -47,7 +47,7 @@ def time_phantom(size: int, lists: list, encode: bool, repeats: int = 3) -> floa
     """Seconds per image, best of `repeats` passes (the machine is shared: the best pass is the
     least disturbed one)."""
     from actors.phantom import render_phantom
-    from engine.images import encode_png
+    from engine.images.pipeline import encode_png
 
     best = float("inf")
     for _ in range(repeats):
@@ -135,7 +135,7 @@ def bench_diffusers(n: int, ray_rows: int) -> list[str]:
         import ray
 
         from engine.core.config import load_config
-        from engine.images import run_images
+        from engine.images.pipeline import run_images
         from engine.core.ray_session import init_ray
 
         cfg = load_config(None, overrides={"images": {**settings, "resources": {

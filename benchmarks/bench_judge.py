@@ -76,7 +76,7 @@ def reference_filter_section(data, n: int) -> list[str]:
     phantoms (other seeds), the evaluation set as queries, rejection rates per threshold."""
     from actors.embed_pixels import PixelEmbedder
     from engine.core.config import IndexConfig
-    from engine.qc_filters import reference_filter
+    from engine.qc.filters import reference_filter
 
     emb = PixelEmbedder()
     bank_src = clean_phantoms(max(10, n // 4), seed=31)

@@ -14,8 +14,8 @@ import numpy as np
 
 from benchmarks import write_results
 from engine.core.config import load_config
-from engine.plan import build_plan, build_vocabulary, contradictions, plan_stats
-from engine.vocabulary import extract_corpus
+from engine.plan.sampler import build_plan, build_vocabulary, contradictions, plan_stats
+from engine.text.vocabulary import extract_corpus
 
 RESULTS = Path(__file__).parent / "results" / "plan.md"
 

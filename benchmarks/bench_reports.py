@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from benchmarks import write_results
 from engine.core.config import load_config
-from engine.report_qc import choose_candidates
+from engine.reports.qc import choose_candidates
 
 RESULTS = Path(__file__).parent / "results" / "reports.md"
 
@@ -59,8 +59,8 @@ def main(argv=None) -> int:
 
     from actors.report_template import TemplateReportWriter
     from engine.cli.commands.plan import make_plan
-    from engine.entities import build_extractor
-    from engine.reports import ReportQC
+    from engine.text.entities import build_extractor
+    from engine.reports.pipeline import ReportQC
 
     cfg = load_config()
     num_candidates = cfg.reports.num_candidates
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     import ray
 
     from engine.core.ray_session import init_ray
-    from engine.reports import build_report_dataset
+    from engine.reports.pipeline import build_report_dataset
 
     t0 = time.perf_counter()
     init_ray(cfg.engine)

@@ -30,8 +30,8 @@ RESULTS = Path(__file__).parent / "results" / "synth.md"
 
 def standalone_rates(cfg, plan, n: int) -> dict:
     """rows/s of each stage class on the same rows, called in this process (no Ray)."""
-    from engine.synth import pending_rows
-    from engine.synth_stages import prepare_stages, stage_chain
+    from engine.synth.run import pending_rows
+    from engine.synth.round import prepare_stages, stage_chain
 
     rows = pending_rows(plan.slice(0, n), set(), 0)
     chain = stage_chain(cfg, prepare_stages(cfg))
@@ -50,7 +50,7 @@ def standalone_rates(cfg, plan, n: int) -> dict:
 
 def efficiency(n: int, out: Path) -> list[str]:
     from engine.core.config import load_config
-    from engine.synth import read_or_write_plan
+    from engine.synth.run import read_or_write_plan
 
     cfg = load_config(None)
     shutil.rmtree(out, ignore_errors=True)
@@ -139,7 +139,7 @@ def neighbour_section(run_dir: Path) -> list[str]:
     sample is above each cosine (what a dedup threshold removes), exact search."""
     import faiss
 
-    from engine.synth_stages import passed_rows
+    from engine.synth.round import passed_rows
 
     _, _, emb = passed_rows(run_dir / "staging", 0)
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from engine.core.config import CorpusConfig
-from engine.corpora import load_corpus, read_iu_xray
+from engine.text.corpora import load_corpus, read_iu_xray
 from engine.core.errors import UserError
-from engine.sections import split_sections
+from engine.text.sections import split_sections
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from engine.cli import main
 from engine.core.config import ExtractorConfig, StageResources
-from engine.lexicon_extractor import LexiconExtractor
+from engine.text.lexicon_extractor import LexiconExtractor
 
 
 def run_cli(capsys, *argv):

@@ -6,11 +6,11 @@ import textwrap
 import pytest
 
 from engine.core.config import CorpusConfig, ExtractorConfig
-from engine.corpora import load_corpus
-from engine.entities import ENTITY_TYPES, build_extractor, flip_polarity
+from engine.text.corpora import load_corpus
+from engine.text.entities import ENTITY_TYPES, build_extractor, flip_polarity
 from engine.core.errors import UserError
-from engine.lexicon import REGIONS, SIDES, load_lexicon, plural_forms, tokenize
-from engine.lexicon_extractor import LexiconExtractor, check_canonical_roundtrip, split_sentences
+from engine.text.lexicon import REGIONS, SIDES, load_lexicon, plural_forms, tokenize
+from engine.text.lexicon_extractor import LexiconExtractor, check_canonical_roundtrip, split_sentences
 
 A, NA, D, ND, AN = "ABNORMALITY", "NON-ABNORMALITY", "DISEASE", "NON-DISEASE", "ANATOMY"
 

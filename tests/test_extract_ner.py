@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from engine.core.config import CorpusConfig, ExtractorConfig
-from engine.corpora import load_corpus
-from engine.entities import ENTITY_TYPES, build_extractor
+from engine.text.corpora import load_corpus
+from engine.text.entities import ENTITY_TYPES, build_extractor
 from engine.core.errors import ConfigError, UserError
 
 torch = pytest.importorskip("torch")

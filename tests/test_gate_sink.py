@@ -4,10 +4,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.gate import Gated
-from engine.sink import PartWriter, read_parts, write_part
+from engine.core.gate import Gated
+from engine.core.sink import PartWriter, read_parts, write_part
 from engine.core.stage import object_column
-from engine.synth import RoundTally, RunStopped, check_error_budget, fold_seed, pending_rows
+from engine.synth.run import RoundTally, RunStopped, check_error_budget, fold_seed, pending_rows
 
 
 class Doubler:

@@ -10,7 +10,7 @@ import pytest
 
 from actors.phantom import render_phantom
 from engine.cli import main
-from engine.images import decode_png
+from engine.images.pipeline import decode_png
 
 ENTITY = pa.struct([("text", pa.string()), ("type", pa.string())])
 

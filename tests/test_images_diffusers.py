@@ -10,7 +10,7 @@ import pytest
 from actors.diffusers_sd import (DiffusersStage, check_pipeline_source, load_pipeline, prepare_prompt,
                                  save_tiny_pipeline)
 from engine.core.errors import UserError
-from engine.images import decode_png
+from engine.images.pipeline import decode_png
 
 SIZE = 32
 LONG = "There is a large left pleural effusion with adjacent atelectasis and no pneumothorax. " * 8
@@ -119,7 +119,7 @@ def test_diffusers_actor_inside_a_ray_data_pipeline(ray_session, tiny_sd, tmp_pa
     import pyarrow.parquet as pq
 
     from engine.core.config import load_config
-    from engine.images import run_images
+    from engine.images.pipeline import run_images
 
     reports = tmp_path / "reports.parquet"
     pq.write_table(pa.table({

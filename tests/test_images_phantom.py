@@ -8,7 +8,7 @@ import pytest
 from actors.anatomy_model import lung_templates
 from actors.phantom import PhantomStage, plan_findings, render_phantom
 from actors.phantom_findings import DRAWERS, finding_for, parse_location
-from engine.images import decode_png, encode_png
+from engine.images.pipeline import decode_png, encode_png
 from engine.core.stage import object_column
 
 SIZE = 128
@@ -212,9 +212,9 @@ def test_lung_templates_come_from_real_masks_when_shipped():
 
 
 def test_stage_under_the_pipeline_gate_rejects_only_the_bad_row():
-    """engine.gate.Gated wraps image stages in `syncxr synth`; images.verdict reads our status."""
-    from engine.gate import Gated
-    from engine.images import verdict
+    """engine.core.gate.Gated wraps image stages in `syncxr synth`; images.verdict reads our status."""
+    from engine.core.gate import Gated
+    from engine.images.pipeline import verdict
 
     gated = Gated("images", PhantomStage, {"config": {"size": 64}}, verdict=verdict)
     batch = {"sample_id": np.array(["a", "b", "c"], dtype=object),

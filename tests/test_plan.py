@@ -3,8 +3,8 @@ import pyarrow as pa
 import pytest
 
 from engine.core.errors import UserError
-from engine.plan import build_plan, build_vocabulary, contradictions, plan_stats, sample_seeds
-from engine.stats import count_entities, gini, top_share
+from engine.plan.sampler import build_plan, build_vocabulary, contradictions, plan_stats, sample_seeds
+from engine.text.stats import count_entities, gini, top_share
 
 
 def long_tail_table(n_findings=120, n_anatomy=30):

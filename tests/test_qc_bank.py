@@ -12,8 +12,8 @@ import pytest
 from actors.degrade import clean_phantoms, degrade
 from engine.core.config import IndexConfig, load_config
 from engine.core.errors import UserError
-from engine.images import encode_png
-from engine.qc import (EmbedStage, JudgeStage, PrivacyFilterStage, ReferenceFilterStage, dedup_table, embed_verdict,
+from engine.images.pipeline import encode_png
+from engine.qc.stages import (EmbedStage, JudgeStage, PrivacyFilterStage, ReferenceFilterStage, dedup_table, embed_verdict,
                        judge_verdict, load_bank, privacy_reference, read_images_local, reference_verdict,
                        save_bank)
 
@@ -189,7 +189,7 @@ def test_privacy_reference_from_images_or_a_bank(phantoms, tmp_path):
     index = privacy_reference(cfg)
     assert index.ntotal == 4
     copy = EmbedStage("pixels")(image_batch([phantoms[2], phantoms[6]]))["embedding"]
-    from engine.qc import privacy_table
+    from engine.qc.stages import privacy_table
     table = privacy_table(["x", "y"], copy, index, cfg.qc)
     assert table.column("privacy_reject").to_pylist() == [True, False]
     assert table.column("privacy_match").to_pylist()[0] == 2
@@ -251,7 +251,7 @@ def test_dedup_kept_set_does_not_depend_on_batch_order(ray_session, phantoms):
     import ray
 
     from engine.core.config import StageBackend, StageResources
-    from engine.qc import collect_embeddings, embed_dataset
+    from engine.qc.stages import collect_embeddings, embed_dataset
 
     rng = np.random.default_rng(0)
     rows = [{"sample_id": f"p{i:02d}", "image": {"bytes": encode_png(im), "path": None}}
@@ -277,7 +277,7 @@ def test_dedup_kept_set_does_not_depend_on_batch_order(ray_session, phantoms):
 
 def test_backends_are_checked_on_the_driver(tmp_path):
     from engine.core.errors import ConfigError
-    from engine.qc import check_backends
+    from engine.qc.stages import check_backends
 
     check_backends(load_config().qc)
     bad = [({"judge": {"backend": "oracle"}}, ConfigError, "unknown qc.judge backend 'oracle'"),

@@ -7,8 +7,8 @@ import pytest
 
 from engine.core.config import IndexConfig
 from engine.core.errors import ConfigError, UserError
-from engine.faiss_index import build_index, default_nlist
-from engine.qc_filters import (greedy_keep, near_duplicates, privacy_filter, reference_filter,
+from engine.qc.faiss_index import build_index, default_nlist
+from engine.qc.filters import (greedy_keep, near_duplicates, privacy_filter, reference_filter,
                                unit_vectors)
 
 EXACT = IndexConfig()

@@ -11,12 +11,12 @@ import pytest
 
 from actors.report_transformers import TransformersReportWriter, prompt_text
 from engine.core.config import parse_config
-from engine.entities import build_extractor
+from engine.text.entities import build_extractor
 from engine.core.errors import UserError
-from engine.plan import PLAN_SCHEMA
-from engine.prompts import load_prompt, render_messages
-from engine.report_qc import choose_candidates
-from engine.reports import run_reports
+from engine.plan.sampler import PLAN_SCHEMA
+from engine.reports.prompts import load_prompt, render_messages
+from engine.reports.qc import choose_candidates
+from engine.reports.pipeline import run_reports
 
 CORPUS = [
     "FINDINGS: There is cardiomegaly. No pleural effusion or pneumothorax. IMPRESSION: Cardiomegaly.",

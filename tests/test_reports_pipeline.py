@@ -11,11 +11,11 @@ import pytest
 from actors.report_template import PHRASES, STATEMENTS, TemplateComposer, TemplateReportWriter, fill, is_plural
 from engine.cli import main
 from engine.core.config import load_config
-from engine.entities import ANATOMY, build_extractor, flip_polarity
-from engine.lexicon import load_lexicon
-from engine.plan import PLAN_SCHEMA
-from engine.report_parse import parse_report
-from engine.report_qc import choose_candidates, compare_entities
+from engine.text.entities import ANATOMY, build_extractor, flip_polarity
+from engine.text.lexicon import load_lexicon
+from engine.plan.sampler import PLAN_SCHEMA
+from engine.reports.parse import parse_report
+from engine.reports.qc import choose_candidates, compare_entities
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_report_qc_stage_and_verdict():
     accepted rows side by side, extra columns carried on."""
     import numpy as np
 
-    from engine.reports import ReportQC, report_verdict
+    from engine.reports.pipeline import ReportQC, report_verdict
     from engine.core.stage import object_column
 
     ents = ROWS[0]["entities"][:2]

@@ -24,8 +24,8 @@ from actors.report_openai import (
 from actors.report_vllm import VLLMReportWriter, processor_config, vllm_postprocess, vllm_preprocess
 from engine.core.config import parse_config
 from engine.core.errors import ConfigError, UserError
-from engine.prompts import load_prompt
-from engine.reports import explode_candidates, normalise_llm_row, prompt_to_kwargs, regroup_candidates
+from engine.reports.prompts import load_prompt
+from engine.reports.pipeline import explode_candidates, normalise_llm_row, prompt_to_kwargs, regroup_candidates
 from engine.core.stage import object_column
 
 PROMPT = prompt_to_kwargs(load_prompt("configs/prompts/report_v1.yaml"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from engine.core.errors import ConfigError, UserError
-from engine.prompts import load_prompt, render_messages
-from engine.report_parse import parse_report
-from engine.report_qc import choose_candidates, compare_entities, normalise
+from engine.reports.prompts import load_prompt, render_messages
+from engine.reports.parse import parse_report
+from engine.reports.qc import choose_candidates, compare_entities, normalise
 
 PROMPT = "configs/prompts/report_v1.yaml"
 

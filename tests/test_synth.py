@@ -21,9 +21,9 @@ import yaml
 
 from engine.core.config import load_config
 from engine.core.errors import UserError
-from engine.finalize import funnel, reason_kind, scan_staging, stage_of
-from engine.synth import RoundTally, RunStopped, check_error_budget
-from engine.synth_stages import ALL_COLUMNS, check_stage_resources, fixed_columns, gate_dataset_judge, \
+from engine.synth.finalize import funnel, reason_kind, scan_staging, stage_of
+from engine.synth.run import RoundTally, RunStopped, check_error_budget
+from engine.synth.round import ALL_COLUMNS, check_stage_resources, fixed_columns, gate_dataset_judge, \
     global_decisions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,14 +123,14 @@ def test_stage_pools_that_fill_the_cluster_are_refused():
 
 
 def run(cfg_path: Path, n: int, out: Path, overrides: dict | None = None) -> dict:
-    from engine.synth import run_synth
+    from engine.synth.run import run_synth
 
     return run_synth(load_config(cfg_path, overrides), n, out)
 
 
 def flaky_config(tmp_path: Path, options: dict, **sections) -> Path:
     """A config whose image backend is tests/synth_fakes.FlakyPhantom (the phantom, made to fail or wait)."""
-    from engine.images import IMAGE_BACKENDS
+    from engine.images.pipeline import IMAGE_BACKENDS
 
     IMAGE_BACKENDS.register("flaky", "synth_fakes:FlakyPhantom")
     return small_config(tmp_path, images={"backend": "flaky", "options": options}, **sections)
@@ -305,8 +305,8 @@ def test_too_many_errors_stop_the_run_and_keep_what_was_written(ray_session, tmp
 
 @pytest.mark.ray
 def test_an_inline_round_stages_the_same_rows_as_the_ray_pipeline(reference_run, tmp_path):
-    from engine.synth import pending_rows
-    from engine.synth_stages import can_run_inline, prepare_stages, run_round_inline
+    from engine.synth.run import pending_rows
+    from engine.synth.round import can_run_inline, prepare_stages, run_round_inline
 
     cfg_path, ref_out, _ = reference_run
     cfg = load_config(cfg_path)
@@ -329,7 +329,7 @@ def test_synth_drives_the_diffusers_backend_from_the_impression(ray_session, tmp
     """The real model path inside the engine: a tiny random-weight pipeline saved as a RoentGen
     checkout. Its noise images fail the judge: the run ends incomplete, every rejection recorded."""
     from actors.diffusers_sd import save_tiny_pipeline
-    from engine.images import decode_png
+    from engine.images.pipeline import decode_png
 
     pipe = save_tiny_pipeline(tmp_path / "tiny-sd", sample_size=32)
     cfg = small_config(tmp_path, images={"backend": "diffusers", "model": str(pipe), "size": 32, "steps": 2,
@@ -369,7 +369,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
 
 @pytest.mark.ray
 def test_a_dataset_level_judge_gates_the_live_rows(ray_session, tmp_path):
-    from engine.qc import JUDGES
+    from engine.qc.stages import JUDGES
 
     JUDGES.register("fake-mllm", "synth_fakes:FakeDatasetJudge")
     cfg = small_config(tmp_path, qc={"judge": {"backend": "fake-mllm"}}, engine={"max_rounds": 1})

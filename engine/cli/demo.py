@@ -23,7 +23,7 @@ def write_problem_images(out: Path, n_clean: int = 8, seed: int = 101) -> Path:
     """Degraded phantoms (lateral, inverted, cropped, blank, text, ...): the stand-in for the real
     problematic images a cluster run judges with the MLLM."""
     from actors.degrade import clean_phantoms, labelled_bank
-    from engine.images import encode_png
+    from engine.images.pipeline import encode_png
 
     src = out / "problem-images"
     src.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def run(config: str | None, out: Path, n_plan: int, n_synth: int) -> None:
     t = step(f"4. synth: {n_synth} samples through reports, images and QC on a local Ray")
     import shutil
 
-    from engine.synth import run_synth
+    from engine.synth.run import run_synth
 
     run_dir = out / "synth"
     shutil.rmtree(run_dir, ignore_errors=True)  # a demo starts over; a real run resumes

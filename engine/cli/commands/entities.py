@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from engine.core.config import load_config
-from engine.stats import long_tail_stats, plot_rank_frequency
-from engine.vocabulary import extract_corpus
+from engine.text.stats import long_tail_stats, plot_rank_frequency
+from engine.text.vocabulary import extract_corpus
 
 
 def register(sub) -> None:

@@ -32,7 +32,7 @@ def register(sub) -> None:
 
 
 def parse_types(value: Optional[str]) -> Optional[set[str]]:
-    from engine.entities import check_type
+    from engine.text.entities import check_type
 
     if value is None:
         return None
@@ -82,7 +82,7 @@ def iter_reports(path: str) -> Iterator[str]:
 
 def build(args):
     from engine.core.config import load_config
-    from engine.entities import build_extractor
+    from engine.text.entities import build_extractor
 
     overrides = {k: getattr(args, k) for k in ("backend", "model", "lexicon", "device") if getattr(args, k)}
     cfg = load_config(args.config, overrides={"extractor": overrides} if overrides else None)

@@ -40,7 +40,7 @@ def format_summary(s: dict) -> str:
 
 
 def run_images_command(args) -> int:
-    from engine.images import run_images
+    from engine.images.pipeline import run_images
 
     overrides = {k: v for k, v in (("backend", args.backend), ("model", args.model), ("size", args.size))
                  if v is not None}
@@ -68,7 +68,7 @@ def run_phantom_command(args) -> int:
     from PIL import Image
 
     from actors.phantom import render_phantom
-    from engine.images import encode_png
+    from engine.images.pipeline import encode_png
 
     entities = parse_entities(args.entities)
     if args.size < 32:

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 
 from engine.core.config import load_config
 from engine.core.errors import UserError
-from engine.plan import build_plan, build_vocabulary, plan_counts, plan_stats
-from engine.stats import plot_balance
-from engine.vocabulary import extract_corpus, read_entity_table
+from engine.plan.sampler import build_plan, build_vocabulary, plan_counts, plan_stats
+from engine.text.stats import plot_balance
+from engine.text.vocabulary import extract_corpus, read_entity_table
 
 
 def register(sub) -> None:

@@ -41,7 +41,7 @@ def _collect(ds, columns: list[str]) -> dict:
 
 
 def build_bank(cfg, src, out, keep: str = "problematic", limit=None, address=None, overwrite=False) -> dict:
-    from engine.qc import (check_backends, embed_dataset, embedder_signature, image_source_dataset, judge_dataset,
+    from engine.qc.stages import (check_backends, embed_dataset, embedder_signature, image_source_dataset, judge_dataset,
                            save_bank)
     from engine.core.ray_session import init_ray
 

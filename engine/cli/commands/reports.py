@@ -29,7 +29,7 @@ def format_summary(summary: dict) -> str:
 
 
 def run(args) -> int:
-    from engine.reports import run_reports
+    from engine.reports.pipeline import run_reports
 
     overrides = {k: v for k, v in (("backend", args.backend), ("model", args.model)) if v is not None}
     cfg = load_config(args.config, overrides={"reports": overrides} if overrides else None)

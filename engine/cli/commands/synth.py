@@ -1,4 +1,4 @@
-"""`syncxr synth`: a plan in, a finished quality-controlled dataset out (engine/synth.py)."""
+"""`syncxr synth`: a plan in, a finished quality-controlled dataset out (engine/synth/run.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from engine.core.errors import UserError
-    from engine.synth import run_synth
+    from engine.synth.run import run_synth
 
     if args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")

@@ -62,7 +62,7 @@ class Extractor(Protocol):
 
 
 EXTRACTORS = Registry("extractor")
-EXTRACTORS.register("lexicon", "engine.lexicon_extractor:LexiconExtractor")
+EXTRACTORS.register("lexicon", "engine.text.lexicon_extractor:LexiconExtractor")
 EXTRACTORS.register("transformers", "actors.ner:TransformersNER")
 
 

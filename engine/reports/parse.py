@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from engine.sections import clean_text, split_sections
+from engine.text.sections import clean_text, split_sections
 
 SECTIONS = ("findings", "impression")
 

@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.entities import ENTITY_TYPES, build_extractor
+from engine.text.entities import ENTITY_TYPES, build_extractor
 from engine.core.errors import ConfigError, UserError
-from engine.prompts import PromptTemplate, load_prompt
+from engine.reports.prompts import PromptTemplate, load_prompt
 from engine.core.ray_session import init_ray
 from engine.core.registry import Registry
-from engine.report_qc import choose_candidates
+from engine.reports.qc import choose_candidates
 from engine.core.stage import entity_lists, map_stage, object_column
 
 REPORT_BACKENDS = Registry("reports")

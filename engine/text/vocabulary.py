@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.corpora import load_corpus
-from engine.entities import ENTITY_TYPES, build_extractor
+from engine.text.corpora import load_corpus
+from engine.text.entities import ENTITY_TYPES, build_extractor
 from engine.core.errors import UserError
-from engine.stats import count_entities
+from engine.text.stats import count_entities
 
 ENTITY_TABLE_COLUMNS = ("text", "type", "count")
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 
-from engine.entities import ABNORMALITY, ANATOMY, DISEASE, ENTITY_TYPES
+from engine.text.entities import ABNORMALITY, ANATOMY, DISEASE, ENTITY_TYPES
 from engine.core.errors import UserError
 from engine.core.yaml_file import read_yaml
 
-PACKAGED_LEXICON = Path(__file__).resolve().parent / "data" / "lexicon.yaml"
+PACKAGED_LEXICON = Path(__file__).resolve().parent.parent / "data" / "lexicon.yaml"
 
 ENTRY_TYPES = (ABNORMALITY, DISEASE, ANATOMY)  # polarity comes from context, never the lexicon
 SIDES = ("left", "right", "bilateral", "none")

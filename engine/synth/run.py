@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.core.errors import UserError
-from engine.plan import PLAN_SCHEMA
-from engine.sink import read_parts, write_json
+from engine.plan.sampler import PLAN_SCHEMA
+from engine.core.sink import read_parts, write_json
 
 ERROR_MARK = ": error: "
 
@@ -142,9 +142,9 @@ def record_run_config(cfg, out: Path, n: int) -> None:
 
 
 def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
-    from engine.qc import embedder_signature, privacy_reference
+    from engine.qc.stages import embedder_signature, privacy_reference
     from engine.core.ray_session import cluster_address, init_ray
-    from engine.synth_stages import (build_round_dataset, can_run_inline, check_stage_resources, decide_global_qc,
+    from engine.synth.round import (build_round_dataset, can_run_inline, check_stage_resources, decide_global_qc,
                                      prepare_stages, run_round_inline)
 
     out = Path(out)
@@ -187,7 +187,7 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
         log(f"round {r}: {summary['tried']} tried, {summary['passed_stages']} passed the stages, "
             f"{summary['kept']} kept after global QC; total {len(kept)}/{plan.num_rows}"
             f"{' (already done)' if resumed else ''} [{summary['seconds']}s]; rejected by: {summary['rejected_by'] or '-'}")
-    from engine.finalize import finalize
+    from engine.synth.finalize import finalize
 
     return finalize(cfg, out, plan, staging, rounds, seconds=time.time() - started)
 

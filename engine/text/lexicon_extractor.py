@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from engine.entities import ANATOMY, flip_polarity
-from engine.lexicon import Lexicon, char_span_to_tokens, compile_pattern, load_lexicon, token_starts, tokenize
+from engine.text.entities import ANATOMY, flip_polarity
+from engine.text.lexicon import Lexicon, char_span_to_tokens, compile_pattern, load_lexicon, token_starts, tokenize
 
 # --- cue vocabularies (regexes over normalised text: lowercase tokens joined by single spaces) ---
 _PRE_NEGATION = [

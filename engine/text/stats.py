@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from engine.entities import ENTITY_TYPES
+from engine.text.entities import ENTITY_TYPES
 
 
 def gini(counts) -> float:

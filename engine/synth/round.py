@@ -4,7 +4,7 @@
     (embed, judge, reference filter) -> [dataset-level judge] -> part writer
 
 Every row carries `ok` and `reasons` from the report QC gate on; later stages run only on the rows
-still alive (engine.gate.Gated), so one bad row is one rejected row, never a failed batch. The
+still alive (engine.core.gate.Gated), so one bad row is one rejected row, never a failed batch. The
 image QC steps share one actor: on a 2-CPU machine every extra actor pool is a CPU share taken
 from the others. Rows leave the pipeline with a fixed set of columns (WORK_COLUMNS), so staged
 parts of every round concatenate and a dataset-level judge knows what to carry.
@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.core.errors import UserError
-from engine.gate import Gated
-from engine.sink import PartWriter, read_parts
+from engine.core.gate import Gated
+from engine.core.sink import PartWriter, read_parts
 from engine.core.stage import map_stage, object_column
 
 WORK_COLUMNS = (
@@ -53,9 +53,9 @@ class PreparedStages:
 
 
 def prepare_stages(cfg) -> PreparedStages:
-    from engine.images import build_image_stage
-    from engine.qc import JUDGES, check_backends, embedder_signature, load_bank
-    from engine.reports import prepare
+    from engine.images.pipeline import build_image_stage
+    from engine.qc.stages import JUDGES, check_backends, embedder_signature, load_bank
+    from engine.reports.pipeline import prepare
 
     report_cls, rcfg, prompt = prepare(cfg)
     image_cls, image_kwargs = build_image_stage(cfg)
@@ -75,7 +75,7 @@ def prepare_stages(cfg) -> PreparedStages:
 def stage_resources(cfg) -> dict:
     """Actor pools of a round: name -> StageResources (the report writer's pool when it is a
     callable-class backend; ray.data.llm backends size their own)."""
-    from engine.reports import report_qc_resources
+    from engine.reports.pipeline import report_qc_resources
 
     pools = {"reports": cfg.reports.resources, "report_qc": report_qc_resources(cfg.reports.resources),
              "images": cfg.images.resources, "image_qc": cfg.qc.embedder.resources}
@@ -122,12 +122,12 @@ class ReportGate:
     reason ("reports: missing: ...", or "reports: error: ..." for a failure)."""
 
     def __init__(self, extractor: dict, tolerance: int = 0):
-        from engine.reports import ReportQC
+        from engine.reports.pipeline import ReportQC
 
         self.qc = ReportQC(extractor, tolerance)
 
     def __call__(self, batch: dict) -> dict:
-        from engine.reports import GENERATION_COLUMNS, report_verdict
+        from engine.reports.pipeline import GENERATION_COLUMNS, report_verdict
 
         start = time.perf_counter()
         out = self.qc(batch)
@@ -146,7 +146,7 @@ class ImageStage(Gated):
     """The configured image backend, gated: only rows whose report passed are drawn."""
 
     def __init__(self, image_cls, image_kwargs: dict):
-        from engine.images import verdict
+        from engine.images.pipeline import verdict
 
         super().__init__("images", image_cls, image_kwargs, verdict)
 
@@ -183,7 +183,7 @@ class ImageQCStage:
     """Embed, judge (when it is a per-batch judge) and the reference filter, in one actor."""
 
     def __init__(self, embedder: dict, judge: Optional[dict], reference: Optional[dict]):
-        from engine.qc import EmbedStage, JudgeStage, ReferenceFilterStage, embed_verdict, judge_verdict, \
+        from engine.qc.stages import EmbedStage, JudgeStage, ReferenceFilterStage, embed_verdict, judge_verdict, \
             reference_verdict
 
         self.steps = [Gated("embed", EmbedStage, embedder, embed_verdict)]
@@ -202,7 +202,7 @@ class ImageQCStage:
 def gate_dataset_judge(batch: dict) -> dict:
     """After a dataset-level judge (MLLM through ray.data.llm): its verdict counts only for the
     rows that were still alive; rows rejected earlier went through it only to stay in the stream."""
-    from engine.qc import judge_verdict
+    from engine.qc.stages import judge_verdict
 
     ok = np.asarray(batch["ok"], dtype=bool).copy()
     reasons = [list(r) if r is not None else [] for r in batch["reasons"]]
@@ -221,7 +221,7 @@ def _backend_kwargs(section) -> dict:
 
 
 def _reference_kwargs(cfg, stages: PreparedStages) -> Optional[dict]:
-    from engine.qc import embedder_signature
+    from engine.qc.stages import embedder_signature
 
     if not stages.bank:
         return None
@@ -231,7 +231,7 @@ def _reference_kwargs(cfg, stages: PreparedStages) -> Optional[dict]:
 
 def stage_chain(cfg, stages: PreparedStages) -> list:
     """The round's stages as plain objects, called one after the other in this process."""
-    from engine.reports import CandidateStage
+    from engine.reports.pipeline import CandidateStage
 
     if not issubclass(stages.report_cls, CandidateStage) or stages.judge_dataset_level:
         raise ValueError("a ray.data.llm backend cannot run outside Ray Data")
@@ -243,7 +243,7 @@ def stage_chain(cfg, stages: PreparedStages) -> list:
 
 def can_run_inline(cfg, stages: PreparedStages) -> bool:
     """Every stage is a CPU callable class (no GPU, no ray.data.llm engine)."""
-    from engine.reports import CandidateStage
+    from engine.reports.pipeline import CandidateStage
 
     pools = stage_resources(cfg).values()
     return (issubclass(stages.report_cls, CandidateStage) and not stages.judge_dataset_level
@@ -268,8 +268,8 @@ def build_round_dataset(ray, cfg, stages: PreparedStages, pending: pa.Table, rou
     """The lazy pipeline of one round over `pending` (nothing runs until it is iterated)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from engine.qc import JUDGES
-    from engine.reports import report_qc_resources
+    from engine.qc.stages import JUDGES
+    from engine.reports.pipeline import report_qc_resources
 
     # blocks of about one image batch, so every actor pool gets work from the start
     rows_per_block = max(cfg.images.resources.batch_size, 1)
@@ -321,7 +321,7 @@ def passed_rows(staging: Path, upto_round: int) -> tuple[list[str], list[str], n
 def global_decisions(cfg, keys: list[str], embeddings: np.ndarray, privacy_index=None) -> dict[str, tuple[bool, str]]:
     """key -> (kept, reason). Dedup runs over all rounds so far in key order, so a row kept in an
     earlier round stays kept; privacy is per row."""
-    from engine.qc import dedup_table, privacy_table
+    from engine.qc.stages import dedup_table, privacy_table
 
     if not keys:
         return {}

@@ -4,7 +4,7 @@ the reference-filter stage, the global near-duplicate/privacy step, and the QC b
 Stage classes follow the stage contract (model loaded once in __init__, batch of numpy columns
 in, the batch plus new columns out). A row that cannot be decoded or embedded gets a non-empty
 `embed_error` / `judge_error` instead of failing its batch; `*_verdict` turn a stage's output
-into (ok, reasons) for engine/gate.py's Gated wrapper.
+into (ok, reasons) for engine/core/gate.py's Gated wrapper.
 
 Bank layout (`syncxr qc-bank`): metadata.json (embedder, dim, count, items with their flags),
 embeddings.npy (or embeddings.parquet with an `embedding` column), index.faiss (a cache:
@@ -22,9 +22,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from engine.core.errors import ConfigError, UserError
-from engine.faiss_index import SearchIndex, build_index, choose_kind, load_index, save_index
-from engine.images import decode_png
-from engine.qc_filters import near_duplicates, privacy_filter, reference_filter, unit_vectors
+from engine.qc.faiss_index import SearchIndex, build_index, choose_kind, load_index, save_index
+from engine.images.pipeline import decode_png
+from engine.qc.filters import near_duplicates, privacy_filter, reference_filter, unit_vectors
 from engine.core.registry import Registry
 from engine.core.stage import object_column
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.stats import _plt, count_summary, plot_balance
+from engine.text.stats import _plt, count_summary, plot_balance
 
 
 def corpus_counts(out: Path, plan: pa.Table) -> tuple[dict, str]:
@@ -55,7 +55,7 @@ def plot_throughput(stats: dict, path: Path) -> Path:
 
 def plot_samples(data_dir: Path, path: Path, n: int = 8) -> Path | None:
     """The first n samples: image with its sampled entities underneath."""
-    from engine.images import decode_png
+    from engine.images.pipeline import decode_png
 
     parts = sorted(data_dir.glob("part-*.parquet"))
     if not parts:

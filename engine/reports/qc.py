@@ -1,13 +1,13 @@
 """Report QC (the paper's check): the entities re-extracted from a generated report must equal the
-sampled ones. Pure functions over entity lists; the Ray stage lives in engine/reports.py."""
+sampled ones. Pure functions over entity lists; the Ray stage lives in engine/reports/pipeline.py."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from engine.entities import flip_polarity
-from engine.report_parse import ParsedReport, parse_report
+from engine.text.entities import flip_polarity
+from engine.reports.parse import ParsedReport, parse_report
 
 Extract = Callable[[list[str]], list[list[dict]]]
 

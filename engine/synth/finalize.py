@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.sink import with_hf_features, write_json
-from engine.synth_stages import BUSY_STAGES, STAGE_ORDER
+from engine.core.sink import with_hf_features, write_json
+from engine.synth.round import BUSY_STAGES, STAGE_ORDER
 
 ROWS_PER_PART = 1000
 DATA_COLUMNS = ("sample_id", "entities", "seed", "attempt", "report_attempts", "findings", "impression", "image",
@@ -231,7 +231,7 @@ def throughput(scan: _Scan) -> dict:
 
 
 def finalize(cfg, out: Path, plan: pa.Table, staging: Path, rounds: list[dict], seconds: float) -> dict:
-    from engine.datacard import write_datacard
+    from engine.synth.datacard import write_datacard
 
     out = Path(out)
     started = time.time()

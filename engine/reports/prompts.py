@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from engine.entities import ENTITY_TYPES, NEGATED_TYPES, ANATOMY
+from engine.text.entities import ENTITY_TYPES, NEGATED_TYPES, ANATOMY
 from engine.core.errors import ConfigError, UserError
 from engine.core.yaml_file import read_yaml
 

@@ -7,7 +7,7 @@ sample_id, seed and entities (phantom) or impression (diffusers) to:
   image       {bytes: PNG, path: "<sample_id>.png"} (None when the row failed)
   masks       list of {finding, entity, side, zone, png, bbox [x0, y0, x1, y1]}
   provenance  {backend, model, seed, size, ...} (PROVENANCE_KEYS, same keys for every backend)
-  ok, reasons the pipeline's row status (engine.gate): a failed row is a rejected row
+  ok, reasons the pipeline's row status (engine.core.gate): a failed row is a rejected row
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def reason_kind(reason: str) -> str:
 
 
 def verdict(out: dict) -> tuple[np.ndarray, list[Optional[str]]]:
-    """For engine.gate.Gated: the stage's own ok/reasons columns."""
+    """For engine.core.gate.Gated: the stage's own ok/reasons columns."""
     ok = np.asarray(out["ok"], dtype=bool)
     return ok, [None if good or not len(r) else str(r[0]) for good, r in zip(ok, out["reasons"])]
 
@@ -183,7 +183,7 @@ def build_image_stage(cfg) -> tuple[type, dict]:
 
 def hf_schema() -> pa.Schema:
     """IMAGE_SCHEMA plus the metadata that makes `datasets` decode `image` as an Image."""
-    from engine.sink import with_hf_features
+    from engine.core.sink import with_hf_features
 
     return with_hf_features(IMAGE_SCHEMA.empty_table()).schema
 

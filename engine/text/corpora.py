@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from engine.core.errors import UserError
-from engine.sections import clean_text, split_sections
+from engine.text.sections import clean_text, split_sections
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from engine.core.errors import UserError
-from engine.faiss_index import SearchIndex, build_index
+from engine.qc.faiss_index import SearchIndex, build_index
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from engine.entities import ANATOMY, CLINICAL_TYPES, ENTITY_TYPES, is_negated
+from engine.text.entities import ANATOMY, CLINICAL_TYPES, ENTITY_TYPES, is_negated
 from engine.core.errors import UserError
 
 PLAN_SCHEMA = pa.schema([
@@ -220,7 +220,7 @@ def plan_counts(plan: pa.Table) -> dict[tuple[str, str], int]:
 
 
 def plan_stats(plan: pa.Table, vocab: Vocabulary, exclusive_pairs=()) -> dict:
-    from engine.stats import count_summary
+    from engine.text.stats import count_summary
 
     counts = plan_counts(plan)
     n_contra = sum(1 for ents in plan.column("entities").to_pylist() if contradictions(ents, exclusive_pairs))

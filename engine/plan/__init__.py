@@ -1,0 +1,1 @@
+"""Balanced entity sampling: the plan every later stage consumes."""

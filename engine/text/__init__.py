@@ -1,0 +1,1 @@
+"""Report text: corpora, sections, the entity model, the lexicon extractor and the vocabulary."""

@@ -1,0 +1,155 @@
+"""Schemas of the training (`syncxr train`) and sweep (`syncxr tune`) configs.
+
+Both read YAML through `engine.core.config.load_yaml_model`, so a bad field is one line naming the
+file and the dotted field. The `scaling` section's key names are read as-is by the cluster check
+helper: keep them.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, model_validator
+
+from engine.core.config import Section, load_yaml_model
+
+
+class ScalingSection(Section):
+    """Ray Train workers. On CPU, fractional cpus_per_worker leave room for Ray Data's tasks."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    accelerator_type: Optional[str] = None
+    resources: dict[str, float] = Field(default_factory=dict)  # extra custom resources per worker
+
+    def per_worker(self) -> dict[str, float]:
+        res = {"CPU": self.cpus_per_worker, **self.resources}
+        if self.use_gpu:
+            res["GPU"] = self.gpus_per_worker or 1.0
+        return res
+
+
+class ModelSection(Section):
+    name: str = "convirt-resnet18-smallbert"
+    overrides: dict[str, Any] = Field(default_factory=dict)  # model config fields (tiny test models)
+    tokenizer_dir: Optional[str] = None  # a pretrained tokenizer (BERT models)
+
+
+class MixSection(Section):
+    """How real and synthetic pairs are combined, inside the trial so Tune can vary it.
+
+    - synthetic / real: that source alone
+    - concat: every real and every synthetic pair (the paper's mixed set)
+    - ratio: a fixed total with exactly round(ratio * total) synthetic pairs, seeded sample
+    """
+
+    mode: Literal["synthetic", "real", "concat", "ratio"] = "synthetic"
+    ratio: float = Field(1.0, ge=0, le=1)  # synthetic fraction (mode: ratio)
+    total: Optional[int] = Field(None, ge=1)  # None: the most the smaller side allows
+
+
+class DataSection(Section):
+    synthetic: Optional[str] = None  # a `syncxr synth` run directory (--synthetic overrides)
+    real: Optional[str] = None  # "table:PATH", "mimic:ROOT", "openi:PNGDIR" (--real overrides)
+    real_text_column: str = "report"  # table adapter: report text column
+    real_image_column: str = "image_path"  # table adapter: image path column
+    mix: MixSection = Field(default_factory=MixSection)
+    limit: Optional[int] = Field(None, ge=1)  # at most this many training pairs (after mixing)
+    augment: bool = True  # train.transforms.augment on training images
+    augment_settings: dict[str, Any] = Field(default_factory=dict)
+    random_sentence: bool = True  # ConVIRT/GLoRIA text view: one random sentence per image
+    batch_size: int = Field(64, ge=1)  # rows per Ray Data preprocessing task
+    num_cpus: float = Field(0.5, gt=0)  # per preprocessing task
+    seed: int = 0
+
+
+class ValidationSection(Section):
+    size: int = Field(200, ge=2)  # held-out pairs, seeded
+    source: Literal["auto", "synthetic", "real"] = "auto"  # auto: real when given, else synthetic
+    batch_size: int = Field(50, ge=2)
+    # dotted path "module:function" of a zero-shot hook (model, device) -> {name: value}
+    zero_shot: Optional[str] = None
+    metric: str = "val_i2t_r10"  # what Tune/ASHA and "best" use (zero_shot metric when set)
+
+
+class OptimSection(Section):
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: Optional[float] = Field(None, gt=0)
+
+
+class CheckpointSection(Section):
+    num_to_keep: int = Field(2, ge=1)
+
+
+class EngineSection(Section):
+    address: Optional[str] = None  # Ray address; None: RAY_ADDRESS or an embedded local Ray
+    num_cpus: Optional[int] = None  # embedded Ray only
+
+
+class TrainConfig(Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    engine: EngineSection = Field(default_factory=EngineSection)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=2)  # per worker (contrastive: the negatives of one step)
+    log_every_steps: int = Field(0, ge=0)  # progress line every N steps; 0: once per epoch
+    seed: int = 0
+
+
+class SearchSection(Section):
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0])  # grid
+    lrs: list[float] = Field(default_factory=list)  # grid; empty: the train config's lr
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "SearchSection":
+        for r in self.ratios:
+            if not 0 <= r <= 1:
+                raise ValueError(f"ratio {r} outside [0, 1]")
+        if not self.ratios:
+            raise ValueError("at least one ratio")
+        return self
+
+
+class AshaSection(Section):
+    enabled: bool = True
+    grace_period: int = Field(1, ge=1)  # epochs before a trial may be stopped
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class TuneConfig(Section):
+    """A sweep: a full training config (inline `train:` or a file `train_config:`) plus a grid."""
+
+    train_config: Optional[str] = None  # path, relative to this file
+    train: dict[str, Any] = Field(default_factory=dict)  # merged over train_config
+    search: SearchSection = Field(default_factory=SearchSection)
+    asha: AshaSection = Field(default_factory=AshaSection)
+    mode: Literal["max", "min"] = "max"
+    max_concurrent_trials: int = Field(1, ge=1)
+    num_samples: int = Field(1, ge=1)  # repeats of the grid
+
+
+def load_train_config(path, overrides: Optional[dict] = None) -> tuple[TrainConfig, Any]:
+    cfg, found = load_yaml_model(path, TrainConfig, "training config")
+    if overrides:
+        cfg = TrainConfig.model_validate(merge(cfg.model_dump(), overrides))
+    return cfg, found
+
+
+def merge(base: dict, top: dict) -> dict:
+    """Nested dict `top` over `base` (for --synthetic/--real and Tune's per-trial values)."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
