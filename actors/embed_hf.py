@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from engine.core.errors import UserError
+from engine.core.stage import Backend
 
 
 def _looks_like_path(model: str) -> bool:
@@ -24,19 +27,32 @@ def check_model_path(model: str | None) -> None:
         raise UserError(f"qc.embedder: hf-vision model directory {model!r} not found")
 
 
-class HFVisionEmbedder:
+class HFVisionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device: str | None = None  # None: cuda when available, else cpu
+    dtype: str = "float32"
+    batch_size: int = Field(32, ge=1)
+
+
+class HFVisionEmbedder(Backend):
+    name, section, Options = "hf-vision", "qc.embedder", HFVisionOptions
+    reads, writes = ("image",), ("embedding", "embed_error")
+
+    @classmethod
+    def check(cls, section, cfg=None) -> None:
+        cls.options_of(section.options)
+        check_model_path(section.model)
+
     def __init__(self, model: str | None = None, options: dict | None = None):
         import torch
         from transformers import AutoImageProcessor, AutoModel
 
         check_model_path(model)
-        options = dict(options or {})
-        self.device = options.pop("device", "cuda" if torch.cuda.is_available() else "cpu")
-        dtype = options.pop("dtype", "float32")
-        self.batch_size = int(options.pop("batch_size", 32))
-        if options:
-            raise UserError(f"qc.embedder.options: unknown keys {sorted(options)} for hf-vision "
-                            "(known: device, dtype, batch_size)")
+        opts = self.options_of(options)
+        self.device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = opts.dtype
+        self.batch_size = opts.batch_size
         try:
             self.processor = AutoImageProcessor.from_pretrained(model)
             self.model = AutoModel.from_pretrained(model, dtype=getattr(torch, dtype))
@@ -49,9 +65,6 @@ class HFVisionEmbedder:
         self.dtype = dtype
         cfg = self.model.config
         self.dim = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "embed_dim", 0))
-
-    def describe(self) -> dict:
-        return {"backend": "hf-vision", "model": self.name, "options": {}, "dim": self.dim}
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         import torch

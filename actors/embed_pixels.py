@@ -16,6 +16,9 @@ orthogonal to every centred descriptor: blank frames match each other and nothin
 from __future__ import annotations
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.core.stage import Backend
 from PIL import Image
 from scipy import ndimage
 
@@ -51,18 +54,19 @@ def pixel_descriptor(image: np.ndarray, size: int = 32) -> np.ndarray:
     return (v / norm).astype(np.float32)
 
 
-class PixelEmbedder:
-    def __init__(self, model: str | None = None, options: dict | None = None):
-        options = dict(options or {})
-        self.size = int(options.pop("size", 32))
-        if options:
-            raise ValueError(f"pixels embedder: unknown options {sorted(options)} (known: size)")
-        if self.size < 4:
-            raise ValueError("pixels embedder: size must be at least 4")
-        self.dim = (max(self.size // 2, 2)) ** 2 + self.size ** 2
+class PixelOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    def describe(self) -> dict:
-        return {"backend": "pixels", "model": None, "options": {"size": self.size}, "dim": self.dim}
+    size: int = Field(32, ge=4)  # side of the downsampled image the descriptor is made of
+
+
+class PixelEmbedder(Backend):
+    name, section, Options = "pixels", "qc.embedder", PixelOptions
+    reads, writes = ("image",), ("embedding", "embed_error")
+
+    def __init__(self, model: str | None = None, options: dict | None = None):
+        self.size = self.options_of(options).size
+        self.dim = (max(self.size // 2, 2)) ** 2 + self.size ** 2
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         if not images:

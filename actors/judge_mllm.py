@@ -4,7 +4,7 @@ The model sees one image and a question about view, exposure and artefacts and i
 JSON object. Models do not always comply, so `parse_answer` accepts strict JSON, JSON-ish text
 (code fences, single quotes, Python literals, trailing commas), `key: value` lines, and as a last
 resort plain sentences scanned for the flag words with a simple negation check. The flags share
-the vocabulary of the degradations (actors/degrade.py) plus `other_view`, `artefact`, `unusable`.
+the vocabulary of engine/qc/flags.py plus `other_view`, `artefact`, `unusable`.
 
 Runs only where vllm is installed (the `gpu` extra); elsewhere building the processor raises a
 UserError that says so. The prompt, the parser and the processor config are plain functions.
@@ -18,10 +18,11 @@ import json
 import re
 from typing import Any, Optional
 
-from actors.degrade import DEGRADATIONS
 from engine.core.errors import ConfigError, UserError
+from engine.core.stage import Backend
+from engine.qc.flags import IMAGE_PROBLEMS, MLLM_ONLY_PROBLEMS
 
-FLAGS = DEGRADATIONS + ["other_view", "artefact", "unusable"]
+FLAGS = list(IMAGE_PROBLEMS + MLLM_ONLY_PROBLEMS)
 OUTPUT_COLUMNS = ("judge_flags", "judge_problematic", "judge_scores", "judge_error")
 
 SYSTEM_PROMPT = ("You are a radiographer doing quality control of images for a dataset of frontal "
@@ -278,10 +279,17 @@ def build_judge_processor(judge_cfg, keep_columns: list[str]):
     return build_processor(processor_config(judge_cfg), preprocess=preprocess, postprocess=postprocess)
 
 
-class MLLMJudge:
+class MLLMJudge(Backend):
     """Registry entry: a dataset-level judge (ray.data.llm runs its own actor pools)."""
 
-    dataset_level = True
+    name, section, attach_mode = "mllm", "qc.judge", "dataset"
+    reads, writes = ("image",), ("judge_flags", "judge_problematic", "judge_scores", "judge_error")
+
+    @classmethod
+    def check(cls, section, cfg=None) -> None:
+        processor_config(section)
+        if vllm_missing_reason():
+            raise UserError(f"qc.judge backend 'mllm': {vllm_missing_reason()}")
 
     @staticmethod
     def apply(ds, judge_cfg, keep_columns=None):

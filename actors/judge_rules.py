@@ -1,7 +1,7 @@
 """`rules` quality judge (CPU default, no weights): a few image statistics, each with a limit.
 
 Each rule targets one kind of problem the image stage or an archive can produce (the kinds of
-actors/degrade.py). Geometry is read in the canonical frontal frame: two dark lung bands either
+actors/testing/degrade.py). Geometry is read in the canonical frontal frame: two dark lung bands either
 side of a bright mediastinum, patient centred, air above the shoulders.
 
 - blank: almost no grey-level spread.
@@ -29,12 +29,19 @@ LIMITS were set from the feature distributions of clean vs degraded phantoms of 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.core.errors import ConfigError
+from engine.core.stage import Backend
+from engine.qc.flags import IMAGE_PROBLEMS
 
 THUMB = 128
-KINDS = ["lateral", "inverted", "overexposed", "underexposed", "cropped", "rotated", "blank", "noise", "text"]
+KINDS = list(IMAGE_PROBLEMS)
 
 LIMITS = {
     "contrast_min": 6.0,  # blank below (grey-level std of the 128px thumbnail)
@@ -173,7 +180,7 @@ def features(image: np.ndarray) -> dict:
 
 
 def judge_features(f: dict, limits: dict | None = None) -> list[str]:
-    """The flags (kinds of actors/degrade.py) raised by one image's features."""
+    """The flags (engine/qc/flags.py) raised by one image's features."""
     L = LIMITS if limits is None else limits
     if f["contrast"] < L["contrast_min"]:
         return ["blank"]
@@ -205,16 +212,29 @@ def judge_image(image: np.ndarray, limits: dict | None = None) -> dict:
     return {"flags": judge_features(feats, limits), "scores": {k: round(v, 4) for k, v in feats.items()}}
 
 
-class RulesJudge:
-    """Registry entry for qc.judge backend `rules`. Options: `limits` (overrides of LIMITS by
-    name) and `kinds` (judge only these kinds, e.g. drop "cropped" on denoised real images)."""
+class RulesOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limits: dict[str, float] = Field(default_factory=dict)  # overrides of LIMITS by name
+    kinds: Optional[list[str]] = None  # judge only these kinds (e.g. drop "cropped" on denoised images)
+
+
+class RulesJudge(Backend):
+    """Registry entry for qc.judge backend `rules`: per batch, image statistics against limits."""
+
+    name, section, Options = "rules", "qc.judge", RulesOptions
+    reads, writes = ("image",), ("judge_flags", "judge_problematic", "judge_scores", "judge_error")
+
+    @classmethod
+    def check(cls, section, cfg=None) -> None:
+        try:
+            cls(section.model, dict(section.options))
+        except ValueError as exc:
+            raise ConfigError(f"qc.judge.options: {exc}") from None
 
     def __init__(self, model: str | None = None, options: dict | None = None):
-        options = dict(options or {})
-        overrides = dict(options.pop("limits", {}) or {})
-        kinds = options.pop("kinds", None)
-        if options:
-            raise ValueError(f"rules judge: unknown options {sorted(options)} (known: limits, kinds)")
+        opts = self.options_of(options)
+        overrides, kinds = opts.limits, opts.kinds
         unknown = set(overrides) - set(LIMITS)
         if unknown:
             raise ValueError(f"rules judge: unknown limits {sorted(unknown)} (known: {', '.join(LIMITS)})")

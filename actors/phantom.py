@@ -17,6 +17,7 @@ from scipy import ndimage as ndi
 
 from actors.anatomy_model import N_TEMPLATES, build_base, smoothstep
 from actors.phantom_findings import DRAWERS, Canvas, Where, finding_for, parse_location
+from engine.images.pipeline import ImageBackend, empty_output, encode_result, finish_output, reject_row, row_reason, stage_settings
 
 POSITIVE = ("ABNORMALITY", "DISEASE")
 NEGATED = ("NON-ABNORMALITY", "NON-DISEASE")
@@ -240,19 +241,18 @@ def render_phantom(entities, seed: int, size: int = 256) -> PhantomResult:
     return PhantomResult(image, masks, provenance)
 
 
-class PhantomStage:
+class PhantomStage(ImageBackend):
     """Ray Data stage: rows with sample_id, entities, seed -> image, masks, provenance.
     A row that fails is returned with ok=False and the reason; the batch carries on."""
 
-    def __init__(self, config: Optional[dict] = None):
-        from engine.images.pipeline import stage_settings
+    name = "phantom"
+    reads = ("sample_id", "entities", "seed")
 
+    def __init__(self, config: Optional[dict] = None):
         self.settings = stage_settings(config)
         self.size = int(self.settings["size"])
 
     def __call__(self, batch: dict) -> dict:
-        from engine.images.pipeline import empty_output, encode_result, finish_output, reject_row, row_reason
-
         out = empty_output()
         for i in range(len(batch["sample_id"])):
             sid = str(batch["sample_id"][i])

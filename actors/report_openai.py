@@ -16,12 +16,12 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.errors import ConfigError
+from engine.core.stage import Backend, validate_options
 from engine.reports.prompts import PromptTemplate, render_messages
 from engine.reports.pipeline import (
     attach_per_candidate,
     candidate_seed,
     entity_problem,
-    parse_options,
     prompt_to_kwargs,
 )
 from engine.core.stage import entity_lists
@@ -218,7 +218,7 @@ def api_headers(opts: OpenAIOptions) -> dict:
 def processor_config(rcfg):
     from ray.data.llm import HttpRequestProcessorConfig
 
-    opts = parse_options(OpenAIOptions, rcfg)
+    opts = validate_options(OpenAIOptions, rcfg.options, "reports", rcfg.backend)
     res = rcfg.resources
     return HttpRequestProcessorConfig(
         url=opts.url,
@@ -236,7 +236,7 @@ def processor_config(rcfg):
 def build_report_processor(rcfg, prompt: PromptTemplate):
     from ray.data.llm import build_processor
 
-    opts = parse_options(OpenAIOptions, rcfg)
+    opts = validate_options(OpenAIOptions, rcfg.options, "reports", rcfg.backend)
     n = rcfg.num_candidates if opts.n_per_request else 1
     pre = partial(chat_payload, prompt=prompt_to_kwargs(prompt), sampling=rcfg.sampling.model_dump(),
                   model=rcfg.model, n=n, extra_body=opts.extra_body)
@@ -244,10 +244,16 @@ def build_report_processor(rcfg, prompt: PromptTemplate):
     return build_processor(processor_config(rcfg), preprocess=pre, postprocess=post)
 
 
-class OpenAIReportWriter:
+class OpenAIReportWriter(Backend):
+    """Report writer over an OpenAI-compatible HTTP endpoint, a dataset-level processor."""
+
+    name, section, Options, attach_mode = "openai", "reports", OpenAIOptions, "dataset"
+    reads = ("sample_id", "entities", "seed")
+    writes = ("candidates", "truncated", "gen_error")
+
     @classmethod
-    def check(cls, rcfg) -> None:
-        opts = parse_options(OpenAIOptions, rcfg)
+    def check(cls, rcfg, cfg=None) -> None:
+        opts = validate_options(OpenAIOptions, rcfg.options, "reports", rcfg.backend)
         if not opts.url.startswith(("http://", "https://")):
             raise ConfigError(f"reports.options.url: expected an http(s) URL, got {opts.url!r}")
         if not rcfg.model:
@@ -257,6 +263,6 @@ class OpenAIReportWriter:
     @classmethod
     def attach(cls, ds, rcfg, prompt: PromptTemplate):
         processor = build_report_processor(rcfg, prompt)
-        if parse_options(OpenAIOptions, rcfg).n_per_request:
+        if validate_options(OpenAIOptions, rcfg.options, "reports", rcfg.backend).n_per_request:
             return processor(ds)
         return attach_per_candidate(ds, processor, rcfg.num_candidates)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engine.text.entities import ABNORMALITY, ANATOMY, DISEASE, NON_ABNORMALITY, NON_DISEASE
 from engine.reports.parse import format_report
-from engine.reports.pipeline import CandidateStage, parse_options
+from engine.reports.pipeline import CandidateStage
 
 # --- where things are ----------------------------------------------------------------------------
 # A finding's group, from words in its name (the lexicon gives regions to anatomy only); the first
@@ -338,9 +338,11 @@ def anatomy_regions(lexicon_path: Optional[str] = None) -> dict[str, str]:
 
 
 class TemplateReportWriter(CandidateStage):
+    name, Options = "template", TemplateOptions
+
     @classmethod
-    def check(cls, rcfg) -> None:
-        opts = parse_options(TemplateOptions, rcfg)
+    def check(cls, rcfg, cfg=None) -> None:
+        opts = cls.options_of(rcfg.options)
         if opts.lexicon:
             anatomy_regions(opts.lexicon)  # a bad lexicon path fails here, naming the file
 

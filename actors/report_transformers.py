@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.errors import UserError
 from engine.reports.prompts import PromptTemplate, render_messages
-from engine.reports.pipeline import CandidateStage, check_model_source, parse_options, prompt_to_kwargs, short_error
+from engine.reports.pipeline import CandidateStage, check_model_source, prompt_to_kwargs, short_error
 
 
 class TransformersOptions(BaseModel):
@@ -39,9 +39,11 @@ def batch_seed(rows: list[dict]) -> int:
 
 
 class TransformersReportWriter(CandidateStage):
+    name, Options = "transformers", TransformersOptions
+
     @classmethod
-    def check(cls, rcfg) -> None:
-        opts = parse_options(TransformersOptions, rcfg)
+    def check(cls, rcfg, cfg=None) -> None:
+        opts = cls.options_of(rcfg.options)
         model = check_model_source(rcfg)
         from transformers import AutoConfig
 

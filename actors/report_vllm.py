@@ -10,12 +10,11 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.reports.prompts import PromptTemplate, render_messages
-from engine.core.stage import entity_lists
+from engine.core.stage import Backend, entity_lists, validate_options
 from engine.reports.pipeline import (
     attach_per_candidate,
     candidate_seed,
     check_model_source,
-    parse_options,
     prompt_to_kwargs,
 )
 
@@ -66,7 +65,7 @@ def processor_config(rcfg):
     """The vLLMEngineProcessorConfig a ReportsConfig describes."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    opts = parse_options(VLLMOptions, rcfg)
+    opts = validate_options(VLLMOptions, rcfg.options, "reports", rcfg.backend)
     res = rcfg.resources
     engine_kwargs = {"tensor_parallel_size": opts.tensor_parallel_size,
                      "pipeline_parallel_size": opts.pipeline_parallel_size,
@@ -98,10 +97,16 @@ def build_report_processor(rcfg, prompt: PromptTemplate):
     )
 
 
-class VLLMReportWriter:
+class VLLMReportWriter(Backend):
+    """Report writer on vLLM engine replicas, a dataset-level processor (ray.data.llm)."""
+
+    name, section, Options, attach_mode = "vllm", "reports", VLLMOptions, "dataset"
+    reads = ("sample_id", "entities", "seed")
+    writes = ("candidates", "truncated", "gen_error")
+
     @classmethod
-    def check(cls, rcfg) -> None:
-        parse_options(VLLMOptions, rcfg)
+    def check(cls, rcfg, cfg=None) -> None:
+        cls.options_of(rcfg.options)
         check_model_source(rcfg)  # vllm itself need not be importable on the driver
 
     @classmethod

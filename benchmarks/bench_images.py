@@ -93,7 +93,8 @@ def bench_phantom(n: int) -> list[str]:
 def bench_diffusers(n: int, ray_rows: int) -> list[str]:
     import torch
 
-    from actors.diffusers_sd import DiffusersStage, save_tiny_pipeline
+    from actors.diffusers_sd import DiffusersStage
+    from actors.testing.tiny_diffusion import save_tiny_pipeline
     from engine.core.stage import object_column
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-sd-"))

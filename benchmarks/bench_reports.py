@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     n = args.n or (500 if args.quick else 2000)
 
     from actors.report_template import TemplateReportWriter
-    from engine.cli.commands.plan import make_plan
+    from engine.plan.write import make_plan
     from engine.text.entities import build_extractor
     from engine.reports.pipeline import ReportQC
 

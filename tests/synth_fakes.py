@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 
+from engine.core.stage import Backend
+
 from actors.phantom import PhantomStage
 
 
@@ -29,11 +31,11 @@ class FlakyPhantom(PhantomStage):
         return super().__call__(batch)
 
 
-class FakeDatasetJudge:
+class FakeDatasetJudge(Backend):
     """A dataset-level judge shaped like the MLLM one (ray.data.llm): it sees every row, keeps only
     `keep_columns` plus its own, and flags every row whose plan index is a multiple of 4 as lateral."""
 
-    dataset_level = True
+    name, section, attach_mode = "fake-dataset-judge", "qc.judge", "dataset"
 
     @staticmethod
     def apply(ds, judge_cfg, keep_columns=None):

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from actors.diffusers_sd import (DiffusersStage, check_pipeline_source, load_pipeline, prepare_prompt,
-                                 save_tiny_pipeline)
+from actors.diffusers_sd import DiffusersStage, check_pipeline_source, load_pipeline, prepare_prompt
+from actors.testing.tiny_diffusion import save_tiny_pipeline
 from engine.core.errors import UserError
 from engine.images.pipeline import decode_png
 

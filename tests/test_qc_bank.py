@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.degrade import clean_phantoms, degrade
+from actors.testing.degrade import clean_phantoms, degrade
 from engine.core.config import IndexConfig, load_config
 from engine.core.errors import UserError
 from engine.images.pipeline import encode_png
@@ -282,7 +282,7 @@ def test_backends_are_checked_on_the_driver(tmp_path):
     check_backends(load_config().qc)
     bad = [({"judge": {"backend": "oracle"}}, ConfigError, "unknown qc.judge backend 'oracle'"),
            ({"judge": {"backend": "rules", "options": {"limits": {"nope": 1}}}}, ConfigError, "qc.judge.options: .*unknown limits"),
-           ({"embedder": {"backend": "pixels", "options": {"size": 1}}}, ConfigError, "qc.embedder.options: .*at least 4"),
+           ({"embedder": {"backend": "pixels", "options": {"size": 1}}}, ConfigError, "qc.embedder.options.size: .*greater than or equal to 4"),
            ({"embedder": {"backend": "hf-vision", "model": str(tmp_path / "rad-dino")}}, UserError, "directory .* not found"),
            ({"judge": {"backend": "mllm"}}, ConfigError, "needs `model`")]
     for qc, exc, message in bad:

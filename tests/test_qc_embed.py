@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actors.degrade import clean_phantoms, degrade, toy_frontal
+from actors.testing.degrade import clean_phantoms, degrade, toy_frontal
 from actors.embed_pixels import PixelEmbedder, pixel_descriptor
-from engine.core.errors import UserError
+from engine.core.errors import UserError, ConfigError
 
 
 def cos(a, b):
@@ -55,8 +55,10 @@ def test_pixel_embedder_options_and_batch():
     out = emb.embed([toy_frontal(1), toy_frontal(2)])
     assert out.shape == (2, 8 * 8 + 16 * 16) and emb.dim == 320
     assert emb.embed([]).shape == (0, 320)
-    with pytest.raises(ValueError, match="unknown options"):
+    with pytest.raises(ConfigError, match="qc.embedder.options.sise: Extra inputs"):
         PixelEmbedder(options={"sise": 16})
+    with pytest.raises(ConfigError, match="qc.embedder.options.size"):
+        PixelEmbedder(options={"size": 2})
 
 
 @pytest.fixture(scope="module")
@@ -102,5 +104,5 @@ def test_hf_vision_missing_model_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="cannot load hf-vision model"):
         HFVisionEmbedder(str(tmp_path / "empty"))
-    with pytest.raises(UserError, match="unknown keys"):
+    with pytest.raises(UserError, match="qc.embedder.options.devcie: Extra inputs"):
         HFVisionEmbedder(str(tmp_path / "empty"), {"devcie": "cpu"})

@@ -328,7 +328,7 @@ def test_an_inline_round_stages_the_same_rows_as_the_ray_pipeline(reference_run,
 def test_synth_drives_the_diffusers_backend_from_the_impression(ray_session, tmp_path):
     """The real model path inside the engine: a tiny random-weight pipeline saved as a RoentGen
     checkout. Its noise images fail the judge: the run ends incomplete, every rejection recorded."""
-    from actors.diffusers_sd import save_tiny_pipeline
+    from actors.testing.tiny_diffusion import save_tiny_pipeline
     from engine.images.pipeline import decode_png
 
     pipe = save_tiny_pipeline(tmp_path / "tiny-sd", sample_size=32)

@@ -68,7 +68,8 @@ class ValidationSection(Section):
     size: int = Field(200, ge=2)  # held-out pairs, seeded
     source: Literal["auto", "synthetic", "real"] = "auto"  # auto: real when given, else synthetic
     batch_size: int = Field(50, ge=2)
-    # dotted path "module:function" of a zero-shot hook (model, device) -> {name: value}
+    # "module:function" of a zero-shot hook, called on rank 0 after validation as
+    # hook(model, device, train_config) -> {metric: value}; None: retrieval recall only
     zero_shot: Optional[str] = None
     metric: str = "val_i2t_r10"  # what Tune/ASHA and "best" use (zero_shot metric when set)
 

@@ -8,8 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from engine.cli.commands.entities import format_long_tail, write_entities
-from engine.cli.commands.plan import format_plan_stats, write_plan
+from engine.cli.commands.entities import format_long_tail
+from engine.text.vocabulary import write_entities
+from engine.cli.commands.plan import format_plan_stats
+from engine.plan.write import write_plan
 from engine.core.config import load_config
 from engine.core.errors import UserError
 
@@ -22,7 +24,7 @@ def step(title: str) -> float:
 def write_problem_images(out: Path, n_clean: int = 8, seed: int = 101) -> Path:
     """Degraded phantoms (lateral, inverted, cropped, blank, text, ...): the stand-in for the real
     problematic images a cluster run judges with the MLLM."""
-    from actors.degrade import clean_phantoms, labelled_bank
+    from actors.testing.degrade import clean_phantoms, labelled_bank
     from engine.images.pipeline import encode_png
 
     src = out / "problem-images"

@@ -133,6 +133,15 @@ class IndexConfig(Section):
     k: int = Field(16, ge=1)  # first neighbour count of a threshold search (grows when all pass)
     query_chunk: int = Field(1024, ge=1)  # queries per faiss call (HNSW aborts on large calls)
     use_gpu: Literal["auto", "never", "always"] = "auto"
+    # near-duplicate removal above exact_max: "cluster" (k-means cells, all pairs inside each cell,
+    # engine/qc/cluster_dedup.py) or "index" (a threshold search of every vector in `kind`)
+    dedup_method: Literal["cluster", "index"] = "cluster"
+    dedup_cells: Optional[int] = Field(None, ge=1)  # k-means cells; None: about 2.3*sqrt(n)
+    dedup_cells_per_vector: int = Field(2, ge=1, le=8)  # a pair near a cell boundary shares one
+    dedup_train_per_cell: int = Field(32, ge=1)  # k-means sample: cells x this many rows
+    dedup_kmeans_iters: int = Field(10, ge=1)
+    dedup_project_dim: int = Field(64, ge=0)  # k-means / assignment space; 0: the full space
+    dedup_seed: int = 1234
 
 
 class QCConfig(Section):

@@ -5,13 +5,14 @@ unified: a batch with no accepted image has a null image column) to resume and t
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from engine.core.files import write_table
 
 SUMMARY_COLUMNS = ("sample_id", "ok", "reasons")
 
@@ -34,10 +35,7 @@ def write_part(table: pa.Table, directory: Path, prefix: str) -> Path:
     ids = table.column("sample_id").to_pylist()
     digest = zlib.crc32("\n".join(ids).encode()) & 0xFFFFFFFF
     path = directory / f"{prefix}-{ids[0]}-{len(ids):05d}-{digest:08x}.parquet"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_table(table, path)
 
 
 class PartWriter:
@@ -92,14 +90,5 @@ def write_dataset_parts(table: pa.Table, directory: Path, rows_per_part: int = 1
         if part.num_rows == 0 and i > 0:
             break
         path = directory / f"part-{i:05d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(part, tmp)
-        os.replace(tmp, path)
-        paths.append(path)
+        paths.append(write_table(part, path))
     return paths
-
-
-def write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)

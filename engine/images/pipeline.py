@@ -22,14 +22,13 @@ import pyarrow.parquet as pq
 
 from engine.core.errors import UserError
 from engine.core.registry import Registry
+from engine.core.stage import Backend
 
 IMAGE_BACKENDS = Registry("image")
 IMAGE_BACKENDS.register("phantom", "actors.phantom:PhantomStage")
 IMAGE_BACKENDS.register("diffusers", "actors.diffusers_sd:DiffusersStage")
 
 # Columns each backend reads from its input rows.
-REQUIRED_COLUMNS = {"phantom": ("sample_id", "entities", "seed"),
-                    "diffusers": ("sample_id", "impression", "seed")}
 
 MASK_STRUCT = pa.struct([("finding", pa.string()), ("entity", pa.string()), ("side", pa.string()),
                          ("zone", pa.string()), ("png", pa.binary()), ("bbox", pa.list_(pa.int32()))])
@@ -146,7 +145,20 @@ def verdict(out: dict) -> tuple[np.ndarray, list[Optional[str]]]:
 
 # ---------------------------------------------------------------- the stage on its own
 
-def check_input(backend: str, path: Path) -> pa.Schema:
+class ImageBackend(Backend):
+    """Base of the image backends: a per-batch callable class; rows in, image columns out."""
+
+    section = "images"
+    writes = ("sample_id", "image", "masks", "provenance", "ok", "reasons")
+
+    @classmethod
+    def settings(cls, section, cfg) -> dict:
+        """The constructor's `config` dict, checked on the driver (model paths resolved)."""
+        cls.check(section, cfg)
+        return section.model_dump()
+
+
+def check_input(backend_cls: type[ImageBackend], path: Path) -> pa.Schema:
     """The input file's schema; a clear error if it is missing, unreadable or lacks a column."""
     if not path.exists():
         raise UserError(f"{path}: input not found (a reports.parquet from `syncxr reports` or a plan.parquet)")
@@ -156,9 +168,9 @@ def check_input(backend: str, path: Path) -> pa.Schema:
         schema = pads.dataset(str(path), format="parquet").schema
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in REQUIRED_COLUMNS[backend] if c not in schema.names]
+    missing = [c for c in backend_cls.reads if c not in schema.names]
     if missing:
-        raise UserError(f"{path}: the {backend} image backend needs column(s) {', '.join(missing)} "
+        raise UserError(f"{path}: the {backend_cls.name} image backend needs column(s) {', '.join(missing)} "
                         f"(columns: {', '.join(schema.names)})")
     return schema
 
@@ -166,19 +178,8 @@ def check_input(backend: str, path: Path) -> pa.Schema:
 def build_image_stage(cfg) -> tuple[type, dict]:
     """(stage class, constructor kwargs) for cfg.images; checks a model path on the driver, so a
     bad directory is one clear error instead of a dead actor."""
-    backend = cfg.images.backend
-    cls = IMAGE_BACKENDS.get(backend)
-    settings = cfg.images.model_dump()
-    if backend == "diffusers":
-        from actors.diffusers_sd import check_pipeline_source
-
-        if not cfg.images.model:
-            raise UserError("images.model: the diffusers backend needs a pipeline directory or model id")
-        resolved = cfg.resolve(cfg.images.model)
-        settings["model"] = check_pipeline_source(str(resolved) if resolved.exists() else cfg.images.model)
-        if cfg.images.size % 8:
-            raise UserError(f"images.size={cfg.images.size}: the diffusers backend needs a multiple of 8")
-    return cls, {"config": settings}
+    cls = IMAGE_BACKENDS.get(cfg.images.backend)
+    return cls, {"config": cls.settings(cfg.images, cfg)}
 
 
 def hf_schema() -> pa.Schema:
@@ -202,10 +203,7 @@ def run_images(cfg, reports_path: str | Path, out_dir: str | Path, limit: Option
     from engine.core.stage import map_stage
 
     reports_path, out_dir = Path(reports_path), Path(out_dir)
-    backend = cfg.images.backend
-    if backend not in IMAGE_BACKENDS:
-        IMAGE_BACKENDS.get(backend)  # raises the "unknown backend" ConfigError
-    schema = check_input(backend, reports_path)
+    schema = check_input(IMAGE_BACKENDS.get(cfg.images.backend), reports_path)
     stage_cls, kwargs = build_image_stage(cfg)
     init_ray(cfg.engine)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +248,7 @@ def run_images(cfg, reports_path: str | Path, out_dir: str | Path, limit: Option
         ctx.execution_options.preserve_order = keep_order
     seconds = time.time() - start
     total = counts["images"] + counts["rejected"]
-    return {"backend": backend, "model": cfg.images.model, "size": cfg.images.size, "rows": total,
+    return {"backend": cfg.images.backend, "model": cfg.images.model, "size": cfg.images.size, "rows": total,
             "images": counts["images"], "rejected": counts["rejected"],
             "rejected_by": dict(sorted(skipped_reasons.items(), key=lambda kv: -kv[1])),
             "prompts_truncated": truncated,

@@ -198,7 +198,7 @@ class JudgeStage:
 
     def __init__(self, backend: str = "rules", model: Optional[str] = None, options: Optional[dict] = None):
         cls = JUDGES.get(backend)
-        if getattr(cls, "dataset_level", False):
+        if cls.attach_mode == "dataset":
             raise ConfigError(f"qc.judge backend {backend!r} runs on a whole dataset; use judge_dataset()")
         self.judge = cls(model, dict(options or {}))
 
@@ -238,28 +238,8 @@ def judge_verdict(out: dict) -> tuple[np.ndarray, list]:
 def check_backends(qc_cfg) -> None:
     """Fail on the driver, with the config field named, before any actor starts: unknown backend
     names, bad options, a missing model directory, vllm absent for the mllm judge."""
-    judge_cls = JUDGES.get(qc_cfg.judge.backend)
-    emb_cls = EMBEDDERS.get(qc_cfg.embedder.backend)
-    if qc_cfg.judge.backend == "mllm":
-        from actors.judge_mllm import processor_config, vllm_missing_reason
-
-        processor_config(qc_cfg.judge)
-        if vllm_missing_reason():
-            raise UserError(f"qc.judge backend 'mllm': {vllm_missing_reason()}")
-    elif not getattr(judge_cls, "dataset_level", False):
-        try:
-            judge_cls(qc_cfg.judge.model, dict(qc_cfg.judge.options))
-        except ValueError as exc:
-            raise ConfigError(f"qc.judge.options: {exc}") from None
-    if qc_cfg.embedder.backend == "hf-vision":
-        from actors.embed_hf import check_model_path
-
-        check_model_path(qc_cfg.embedder.model)
-    else:
-        try:
-            emb_cls(qc_cfg.embedder.model, dict(qc_cfg.embedder.options))
-        except ValueError as exc:
-            raise ConfigError(f"qc.embedder.options: {exc}") from None
+    JUDGES.get(qc_cfg.judge.backend).check(qc_cfg.judge)
+    EMBEDDERS.get(qc_cfg.embedder.backend).check(qc_cfg.embedder)
 
 
 def judge_dataset(ds, judge_cfg):
@@ -267,7 +247,7 @@ def judge_dataset(ds, judge_cfg):
     from engine.core.stage import map_stage
 
     cls = JUDGES.get(judge_cfg.backend)
-    if getattr(cls, "dataset_level", False):
+    if cls.attach_mode == "dataset":
         return cls.apply(ds, judge_cfg)
     return map_stage(ds, JudgeStage, judge_cfg.resources,
                      dict(backend=judge_cfg.backend, model=judge_cfg.model, options=dict(judge_cfg.options)))

@@ -22,7 +22,7 @@ from engine.reports.prompts import PromptTemplate, load_prompt
 from engine.core.ray_session import init_ray
 from engine.core.registry import Registry
 from engine.reports.qc import choose_candidates
-from engine.core.stage import entity_lists, map_stage, object_column
+from engine.core.stage import Backend, entity_lists, map_stage, object_column
 
 REPORT_BACKENDS = Registry("reports")
 REPORT_BACKENDS.register("template", "actors.report_template:TemplateReportWriter")
@@ -60,18 +60,6 @@ def entity_problem(entities: list[dict]) -> str:
 INPUT_PROBLEMS = ("empty entity list", "unknown entity type", "entity with empty text")
 
 
-def parse_options(model_cls, rcfg):
-    """Validate `reports.options` for one backend (a pydantic model with extra="forbid")."""
-    from pydantic import ValidationError
-
-    try:
-        return model_cls.model_validate(dict(rcfg.options))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"reports.options.{where}: {err['msg']} (backend {rcfg.backend!r})") from None
-
-
 def looks_like_path(model: str) -> bool:
     """A local path rather than a hub id ("org/name" or "name")."""
     return model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
@@ -98,18 +86,17 @@ def prompt_to_kwargs(prompt: PromptTemplate) -> dict:
                 entity_line=prompt.entity_line, type_labels=dict(prompt.type_labels), path=prompt.path)
 
 
-class CandidateStage:
-    """Base of the callable-class backends (template, transformers).
+class CandidateStage(Backend):
+    """Base of the callable-class report backends (template, transformers).
 
     Subclasses implement `generate(rows) -> list[(texts, truncated_flags)]` over valid rows
     ({"entities", "seed", "sample_id"}). A batch-level failure is retried row by row, so one bad
     row becomes that row's `gen_error` and never fails the batch."""
 
+    section = "reports"
+    reads = PLAN_COLUMNS
+    writes = GENERATION_COLUMNS
     num_candidates: int = 1
-
-    @classmethod
-    def check(cls, rcfg) -> None:
-        """Driver-side validation of the config (raise UserError/ConfigError)."""
 
     @classmethod
     def constructor_kwargs(cls, rcfg, prompt: PromptTemplate) -> dict:

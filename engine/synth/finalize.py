@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.core.sink import with_hf_features, write_json
+from engine.core.files import write_json, write_table
+from engine.core.sink import with_hf_features
 from engine.synth.round import BUSY_STAGES, STAGE_ORDER
 
 ROWS_PER_PART = 1000
@@ -126,7 +127,7 @@ def scan_staging(staging: Path, out: Path, image_backend: str) -> _Scan:
                 t = t.set_column(t.column_names.index("reasons"), "reasons",
                                  pa.array(rejected_reasons, pa.list_(pa.string())))
                 t = t.append_column("round", pa.array([int(round_dir.name.split("-")[1])] * t.num_rows, pa.int32()))
-                pq.write_table(t, rejected_dir / f"part-{round_dir.name}-{i:05d}.parquet")
+                write_table(t, rejected_dir / f"part-{round_dir.name}-{i:05d}.parquet")
                 scan.rejected_rows += t.num_rows
     return scan
 
@@ -194,17 +195,11 @@ def write_data(scan: _Scan, out: Path, report_info: dict) -> list[str]:
         rows = pa.concat_tables(pieces, promote_options="permissive")
         rows = rows.take(pc.sort_indices(rows, [("sample_id", "ascending")]))
         name = f"part-{j:05d}.parquet"
-        _atomic_write(with_hf_features(sample_table(rows, report_info)), data_dir / name)
+        write_table(with_hf_features(sample_table(rows, report_info)), data_dir / name)
         emb = rows.select(["sample_id", "embedding"])
-        _atomic_write(emb.set_column(1, "embedding", _as(emb.column("embedding"), pa.list_(pa.float32()))),
-                      emb_dir / name)
+        write_table(emb.set_column(1, "embedding", _as(emb.column("embedding"), pa.list_(pa.float32()))),
+                    emb_dir / name)
     return ordered
-
-
-def _atomic_write(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
 
 
 def funnel(planned: int, scan: _Scan) -> list[tuple[str, int]]:

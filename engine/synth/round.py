@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.core.errors import UserError
+from engine.core.files import write_table
 from engine.core.gate import Gated
 from engine.core.sink import PartWriter, read_parts
 from engine.core.stage import map_stage, object_column
@@ -68,7 +69,7 @@ def prepare_stages(cfg) -> PreparedStages:
     privacy = cfg.resolve(cfg.qc.privacy_images)
     if privacy is not None and not Path(privacy).exists():
         raise UserError(f"qc.privacy_images: {privacy} not found")
-    judge_dataset_level = bool(getattr(JUDGES.get(cfg.qc.judge.backend), "dataset_level", False))
+    judge_dataset_level = JUDGES.get(cfg.qc.judge.backend).attach_mode == "dataset"
     return PreparedStages(report_cls, rcfg, prompt, image_cls, image_kwargs, judge_dataset_level, bank)
 
 
@@ -351,8 +352,6 @@ def decide_global_qc(cfg, staging: Path, r: int, privacy_index=None) -> pa.Table
                       "reason": pa.array([m[2] for m in mine], pa.string())})
     round_dir = staging / f"round-{r:02d}"
     round_dir.mkdir(parents=True, exist_ok=True)
-    tmp = round_dir / ".global_qc.parquet.tmp"
-    pq.write_table(table, tmp)
-    tmp.replace(round_dir / "global_qc.parquet")
+    write_table(table, round_dir / "global_qc.parquet")
     return table
 

@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from engine.core.errors import UserError
 from engine.plan.sampler import PLAN_SCHEMA
-from engine.core.sink import read_parts, write_json
+from engine.core.files import write_json
+from engine.core.sink import read_parts
 
 ERROR_MARK = ": error: "
 
@@ -111,8 +112,8 @@ def read_or_write_plan(cfg, n: int, out: Path) -> pa.Table:
         if plan.num_rows != n:
             raise UserError(f"{path} holds {plan.num_rows} samples but --n is {n}: use another --out, or --n {plan.num_rows}")
         return plan.select([f.name for f in PLAN_SCHEMA])
-    from engine.cli.commands.entities import write_entities
-    from engine.cli.commands.plan import write_plan
+    from engine.text.vocabulary import write_entities
+    from engine.plan.write import write_plan
 
     table, _ = write_entities(cfg, out)  # the corpus side of the data card's balance plot
     plan, _ = write_plan(cfg, n, out, table)

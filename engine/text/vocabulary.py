@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 from engine.text.corpora import load_corpus
 from engine.text.entities import ENTITY_TYPES, build_extractor
 from engine.core.errors import UserError
-from engine.text.stats import count_entities
+from engine.core.files import write_json, write_table
+from engine.text.stats import count_entities, long_tail_stats, plot_rank_frequency
 
 ENTITY_TABLE_COLUMNS = ("text", "type", "count")
 
@@ -45,3 +46,14 @@ def read_entity_table(path: Path) -> pa.Table:
     if table.num_rows == 0:
         raise UserError(f"{path}: entity table is empty")
     return table
+
+
+def write_entities(cfg, out: Path):
+    """Extract the corpus; write entities.parquet, stats.json, rank_frequency.png. -> (table, stats)"""
+    out.mkdir(parents=True, exist_ok=True)
+    table, n_reports = extract_corpus(cfg)
+    write_table(table, out / "entities.parquet")
+    stats = {"corpus": cfg.corpus.name, "reports": n_reports, **long_tail_stats(table)}
+    write_json(out / "stats.json", stats)
+    plot_rank_frequency(table, out / "rank_frequency.png", f"{cfg.corpus.name}: entity rank-frequency")
+    return table, stats

@@ -49,24 +49,39 @@ class Source:
     def report_of(self) -> dict[str, str]:
         return dict(zip(self.ids, self.reports))
 
-    def to_ray(self, ids: list[str]):
-        """A Ray Dataset of ROW_SCHEMA rows for `ids` (a subset of self.ids)."""
+    def to_arrow(self, ids: list[str]) -> pa.Table:
+        """ROW_SCHEMA rows for `ids` (a subset of self.ids), read in this process (no Ray)."""
+        if self.image_paths is None:
+            import pyarrow.parquet as pq
+            wanted = set(ids)
+            parts = [_synthetic_rows(pq.read_table(f, columns=SYNTHETIC_COLUMNS), wanted, self.name)
+                     for f in self.parquet_files]
+            return pa.concat_tables(parts) if parts else ROW_SCHEMA.empty_table()
+        pos = {sid: i for i, sid in enumerate(self.ids)}
+        rows = [pos[sid] for sid in ids]
+        return pa.table({
+            "sample_id": [self.ids[i] for i in rows],
+            "image_bytes": pa.nulls(len(rows), pa.binary()),
+            "image_path": [self.image_paths[i] for i in rows],
+            "report": [self.reports[i] for i in rows],
+            "source": [self.name] * len(rows),
+        }, schema=ROW_SCHEMA)
+
+    def to_ray(self, ids: list[str], block_rows: int = 256):
+        """A Ray Dataset of ROW_SCHEMA rows for `ids`. Synthetic images are read from Parquet by
+        Ray Data tasks; path adapters' index rows are cut into blocks of `block_rows` so several
+        tasks decode in parallel."""
         import ray.data
 
         if self.image_paths is not None:
-            pos = {sid: i for i, sid in enumerate(self.ids)}
-            rows = [pos[sid] for sid in ids]
-            table = pa.table({
-                "sample_id": [self.ids[i] for i in rows],
-                "image_bytes": pa.nulls(len(rows), pa.binary()),
-                "image_path": [self.image_paths[i] for i in rows],
-                "report": [self.reports[i] for i in rows],
-                "source": [self.name] * len(rows),
-            }, schema=ROW_SCHEMA)
-            return ray.data.from_arrow(table)
-        wanted = set(ids)
-        ds = ray.data.read_parquet(self.parquet_files, columns=["sample_id", "findings", "impression", "image"])
-        return ds.map_batches(_synthetic_rows, batch_format="pyarrow", fn_kwargs={"wanted": wanted, "source": self.name})
+            table = self.to_arrow(ids)
+            blocks = [table.slice(i, block_rows) for i in range(0, max(len(table), 1), block_rows)]
+            return ray.data.from_arrow(blocks)
+        ds = ray.data.read_parquet(self.parquet_files).select_columns(SYNTHETIC_COLUMNS)
+        return ds.map_batches(_synthetic_rows, batch_format="pyarrow", fn_kwargs={"wanted": set(ids), "source": self.name})
+
+
+SYNTHETIC_COLUMNS = ["sample_id", "findings", "impression", "image"]
 
 
 def _synthetic_rows(batch: pa.Table, wanted: set, source: str) -> pa.Table:

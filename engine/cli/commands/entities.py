@@ -1,14 +1,10 @@
 """`syncxr entities`: the corpus's entities, their long tail, and a rank-frequency plot."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from engine.core.config import load_config
-from engine.text.stats import long_tail_stats, plot_rank_frequency
-from engine.text.vocabulary import extract_corpus
+from engine.text.vocabulary import write_entities
 
 
 def register(sub) -> None:
@@ -23,17 +19,6 @@ def register(sub) -> None:
 def corpus_overrides(args) -> dict:
     corpus = {k: v for k, v in (("name", args.corpus), ("path", args.corpus_path)) if v}
     return {"corpus": corpus} if corpus else {}
-
-
-def write_entities(cfg, out: Path):
-    """Extract the corpus; write entities.parquet, stats.json, rank_frequency.png. -> (table, stats)"""
-    out.mkdir(parents=True, exist_ok=True)
-    table, n_reports = extract_corpus(cfg)
-    pq.write_table(table, out / "entities.parquet")
-    stats = {"corpus": cfg.corpus.name, "reports": n_reports, **long_tail_stats(table)}
-    (out / "stats.json").write_text(json.dumps(stats, indent=2))
-    plot_rank_frequency(table, out / "rank_frequency.png", f"{cfg.corpus.name}: entity rank-frequency")
-    return table, stats
 
 
 def run(args) -> int:

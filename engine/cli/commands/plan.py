@@ -1,16 +1,11 @@
 """`syncxr plan`: the balanced entity plan (plan.parquet) with its stats and a balance plot."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from engine.core.config import load_config
-from engine.core.errors import UserError
-from engine.plan.sampler import build_plan, build_vocabulary, plan_counts, plan_stats
-from engine.text.stats import plot_balance
-from engine.text.vocabulary import extract_corpus, read_entity_table
+from engine.plan.write import write_plan
+from engine.text.vocabulary import read_entity_table
 
 
 def register(sub) -> None:
@@ -20,31 +15,6 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--entities", default=None, help="reuse an entities.parquet instead of extracting the corpus")
     p.set_defaults(func=run)
-
-
-def make_plan(cfg, n: int, table=None):
-    """(plan table, vocabulary) from a corpus entity table (default: extract the config's corpus)."""
-    table = table if table is not None else extract_corpus(cfg)[0]
-    vocab = build_vocabulary(table, cfg.plan.min_count)
-    if not vocab.clinical:
-        raise UserError(f"no clinical entity reaches plan.min_count={cfg.plan.min_count} in the corpus")
-    p = cfg.plan
-    plan = build_plan(vocab, n, p.k, p.m, seed=p.seed, tau_max=p.tau_max, tau_factor=p.tau_factor,
-                      exclusive_pairs=p.exclusive_pairs)
-    return plan, vocab
-
-
-def write_plan(cfg, n: int, out: Path, table=None):
-    """Write plan.parquet, plan_stats.json and plan_balance.png. -> (plan, stats)"""
-    out.mkdir(parents=True, exist_ok=True)
-    plan, vocab = make_plan(cfg, n, table)
-    pq.write_table(plan, out / "plan.parquet")
-    stats = plan_stats(plan, vocab, cfg.plan.exclusive_pairs)
-    (out / "plan_stats.json").write_text(json.dumps(stats, indent=2))
-    counts = plan_counts(plan)
-    plot_balance(vocab.corpus_counts, {k: counts.get(k, 0) for k in vocab.corpus_counts},
-                 out / "plan_balance.png", f"entity balance: corpus vs plan (n={n})")
-    return plan, stats
 
 
 def run(args) -> int:

@@ -16,8 +16,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-DEGRADATIONS = ["lateral", "inverted", "overexposed", "underexposed", "cropped", "rotated",
-                "blank", "noise", "text"]
+from engine.qc.flags import IMAGE_PROBLEMS
+
+DEGRADATIONS = list(IMAGE_PROBLEMS)
 
 
 def _rng(seed: int, kind: str) -> np.random.Generator:

@@ -1,0 +1,36 @@
+"""A plan from a config: vocabulary from the corpus entities, balanced sampling, plan.parquet with
+its stats and balance plot. Shared by `syncxr plan` and the synth run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.core.errors import UserError
+from engine.core.files import write_json, write_table
+from engine.plan.sampler import build_plan, build_vocabulary, plan_counts, plan_stats
+from engine.text.stats import plot_balance
+from engine.text.vocabulary import extract_corpus
+
+
+def make_plan(cfg, n: int, table=None):
+    """(plan table, vocabulary) from a corpus entity table (default: extract the config's corpus)."""
+    table = table if table is not None else extract_corpus(cfg)[0]
+    vocab = build_vocabulary(table, cfg.plan.min_count)
+    if not vocab.clinical:
+        raise UserError(f"no clinical entity reaches plan.min_count={cfg.plan.min_count} in the corpus")
+    p = cfg.plan
+    plan = build_plan(vocab, n, p.k, p.m, seed=p.seed, tau_max=p.tau_max, tau_factor=p.tau_factor,
+                      exclusive_pairs=p.exclusive_pairs)
+    return plan, vocab
+
+
+def write_plan(cfg, n: int, out: Path, table=None):
+    """Write plan.parquet, plan_stats.json and plan_balance.png. -> (plan, stats)"""
+    out.mkdir(parents=True, exist_ok=True)
+    plan, vocab = make_plan(cfg, n, table)
+    write_table(plan, out / "plan.parquet")
+    stats = plan_stats(plan, vocab, cfg.plan.exclusive_pairs)
+    write_json(out / "plan_stats.json", stats)
+    counts = plan_counts(plan)
+    plot_balance(vocab.corpus_counts, {k: counts.get(k, 0) for k in vocab.corpus_counts},
+                 out / "plan_balance.png", f"entity balance: corpus vs plan (n={n})")
+    return plan, stats

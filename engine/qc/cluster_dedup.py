@@ -1,0 +1,267 @@
+"""Cluster-then-compare near-duplicate search: pure functions, no Ray.
+
+The idea behind SemDeDup / NeMo Curator's semantic dedup, written for our rule (cosine strictly
+above a threshold, kept set from the sample_id-order walk):
+
+1. cells: spherical k-means (faiss) on a deterministic sample, chosen by a hash of the sample_id
+   (the same rows whatever the order, batching or partitioning of the input). k-means and the
+   assignment run in a reduced space: the top principal directions of the sample's second moment
+   (not centred: the cone axis stays in). A projection only shrinks distances, so two near
+   duplicates stay at least as close there, and assignment costs p/d of a full-space one.
+2. assignment: every vector goes to its `m` nearest cells (m = 2 or 3), so a pair that straddles
+   a cell boundary still shares a cell.
+3. pairs: inside each cell, all pairs above the threshold by one matrix multiply (upper-triangular
+   blocks, torch when present, on the GPU when there is one). Candidates are re-scored one by one
+   in float64, so a pair's cosine does not depend on the shape of the block it was found in.
+
+The same functions serve the in-process path (`cluster_pairs`) and the Ray Data path
+(engine/qc/dedup_distributed.py); only the grouping differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+# candidates within this of the threshold in float32 are re-scored in float64 before deciding
+RESCORE_SLACK = 1e-4
+BLOCK = 2048  # rows per matrix-multiply block inside a cell: bounds memory to BLOCK^2 floats
+
+
+@dataclass
+class CellModel:
+    """What the workers need to assign a vector to its cells: small (cells x p floats)."""
+
+    proj: Optional[np.ndarray]  # (d, p) float32, or None: k-means in the full space
+    centroids: np.ndarray  # (cells, p) float32, unit rows
+
+    @property
+    def cells(self) -> int:
+        return int(len(self.centroids))
+
+
+def default_cells(n: int, cfg) -> int:
+    """Cells for n vectors. Cost is about n*cells*p (assignment) + (m*n)^2/cells*d (pairs):
+    balanced near cells = m*n*sqrt(d/p)/... ; in practice ~2.3*sqrt(n) measured best here
+    (benchmarks/results/dedup.md), bounded by the training sample."""
+    cells = cfg.dedup_cells or int(round(2.3 * math.sqrt(n)))
+    return max(1, min(cells, n // max(cfg.dedup_train_per_cell, 1)))
+
+
+def id_hash(sample_ids: Sequence) -> np.ndarray:
+    """A stable 64-bit hash of each sample_id (blake2b: the same on every machine and run)."""
+    return np.array([int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=8).digest(), "little")
+                     for s in sample_ids], dtype=np.uint64)
+
+
+def sample_mask(sample_ids: Sequence, fraction: float) -> np.ndarray:
+    """Rows of the training sample: hash below fraction * 2^64. Depends only on each row's id."""
+    if fraction >= 1.0:
+        return np.ones(len(sample_ids), bool)
+    cut = np.uint64(min(int(fraction * 2.0 ** 64), 2 ** 64 - 1))
+    return id_hash(sample_ids) < cut
+
+
+def sample_fraction(n: int, cells: int, cfg) -> float:
+    # 20% headroom over cells*train_per_cell: the hash sample's size is binomial
+    return min(1.0, 1.2 * cells * cfg.dedup_train_per_cell / max(n, 1))
+
+
+def fit_cells(sample: np.ndarray, cells: int, cfg) -> CellModel:
+    """Projection and spherical k-means centroids from a sample of unit vectors (sample_id order)."""
+    import faiss
+
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    n, d = x.shape
+    p = cfg.dedup_project_dim
+    proj = None
+    if 0 < p < d:
+        # top-p eigenvectors of the second moment; eigh is deterministic for the same input, and
+        # each column's sign is fixed so that its largest entry is positive
+        moment = (x.T @ x).astype(np.float64) / max(n, 1)
+        _, vecs = np.linalg.eigh(moment)
+        vecs = vecs[:, ::-1][:, :p]
+        signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(p)])
+        proj = np.ascontiguousarray(vecs * signs, dtype=np.float32)
+    z = reduce(x, proj)
+    cells = max(1, min(cells, n))
+    if cells == 1:
+        centroids = _unit(z.mean(axis=0, keepdims=True))
+    else:
+        km = faiss.Kmeans(z.shape[1], cells, niter=cfg.dedup_kmeans_iters, spherical=True, seed=cfg.dedup_seed,
+                          verbose=False, min_points_per_centroid=1, max_points_per_centroid=max(n // cells + 1, 1))
+        km.train(z)
+        centroids = _unit(km.centroids)
+    return CellModel(proj=proj, centroids=np.ascontiguousarray(centroids, dtype=np.float32))
+
+
+def _unit(z: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(z, axis=1, keepdims=True)
+    return (z / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def reduce(x: np.ndarray, proj: Optional[np.ndarray]) -> np.ndarray:
+    """Vectors in the k-means space: projected (when there is a projection) and re-normalised."""
+    x = np.asarray(x, dtype=np.float32)
+    return _unit(x @ proj) if proj is not None else _unit(x)
+
+
+def assign_cells(x: np.ndarray, model: CellModel, m: int, chunk: int = 65536) -> np.ndarray:
+    """(n, m) int32: the m cells of largest cosine to each vector, best first (ties: lower cell)."""
+    m = max(1, min(m, model.cells))
+    out = np.empty((len(x), m), dtype=np.int32)
+    for start in range(0, len(x), chunk):
+        z = reduce(x[start:start + chunk], model.proj)
+        scores = z @ model.centroids.T
+        if m == 1:
+            out[start:start + len(z), 0] = scores.argmax(axis=1)
+            continue
+        top = np.argpartition(-scores, m - 1, axis=1)[:, :m]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.lexsort((top, -top_scores), axis=1)
+        out[start:start + len(z)] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def _torch_device():
+    """"cuda" when torch sees a GPU (the cell matmuls go there), else None (numpy BLAS)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def rescore(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosines of rows a[k], b[k] of unit x in float64, one pair at a time (shape-independent)."""
+    if len(a) == 0:
+        return np.zeros(0, np.float64)
+    xa = x[a].astype(np.float64)
+    xb = x[b].astype(np.float64)
+    return np.einsum("ij,ij->i", xa, xb)
+
+
+def cell_pairs(x: np.ndarray, threshold: float, block: int = BLOCK, device: Optional[str] = None):
+    """All pairs (a < b, rows of x) with cosine > threshold, x unit float32 (one cell's members,
+    in sample_id order). Returns (a, b, sim) with sim from the float64 re-score."""
+    n = len(x)
+    if n < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    xt = None
+    if device is not None:
+        import torch
+
+        xt = torch.from_numpy(xs).to(device)
+    cut = threshold - RESCORE_SLACK
+    found_a, found_b = [], []
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        for c0 in range(r0, n, block):  # upper-triangular blocks only
+            c1 = min(c0 + block, n)
+            if xt is not None:
+                hit = (xt[r0:r1] @ xt[c0:c1].T > cut).nonzero().cpu().numpy()
+            else:
+                hit = np.argwhere(xs[r0:r1] @ xs[c0:c1].T > cut)
+            if len(hit) == 0:
+                continue
+            a, b = hit[:, 0] + r0, hit[:, 1] + c0
+            upper = a < b
+            found_a.append(a[upper]), found_b.append(b[upper])
+    if not found_a:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    a = np.concatenate(found_a).astype(np.int64)
+    b = np.concatenate(found_b).astype(np.int64)
+    sim = rescore(xs, a, b)
+    keep = sim > threshold
+    return a[keep], b[keep], sim[keep].astype(np.float32)
+
+
+def _one_blas_thread():
+    """Cells are many and small: one BLAS thread per cell and cells side by side in threads beats
+    a multi-threaded BLAS on each (whose spinning threads fight faiss's OpenMP ones)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - comes with scikit-learn
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def pairs_in_cells(cells, threshold: float, workers: Optional[int] = None):
+    """cell_pairs over an iterable of (member_keys, vectors) cells; returns, per cell in input
+    order, (keys[a], keys[b], sim). CPU: cells in a thread pool (numpy releases the GIL in BLAS);
+    GPU: one cell after another on the device. Order of results never depends on threads."""
+    device = _torch_device()
+    if device is not None:
+        for keys, vecs in cells:
+            a, b, s = cell_pairs(vecs, threshold, device=device)
+            yield keys[a], keys[b], s
+        return
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(cell):
+        keys, vecs = cell
+        a, b, s = cell_pairs(vecs, threshold)
+        return keys[a], keys[b], s
+
+    from collections import deque
+
+    workers = workers or os.cpu_count() or 1
+    # a bounded window of cells in flight: pool.map would gather every cell's vectors at once
+    with _one_blas_thread(), ThreadPoolExecutor(max_workers=workers) as pool:
+        window: deque = deque()
+        for cell in cells:
+            window.append(pool.submit(one, cell))
+            if len(window) >= 2 * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+def unique_pairs(i: np.ndarray, j: np.ndarray, sim: np.ndarray, n: int):
+    """Drop the repeats of a pair found in several cells (i < j, positions below n)."""
+    if len(i) == 0:
+        return i.astype(np.int64), j.astype(np.int64), sim.astype(np.float32)
+    key = i.astype(np.int64) * n + j.astype(np.int64)
+    key, first = np.unique(key, return_index=True)
+    return key // n, key % n, sim[first]
+
+
+def training_sample(x: np.ndarray, sample_ids: Sequence, cells: int, cfg) -> np.ndarray:
+    """The sample k-means trains on, in the order of x (callers pass x in sample_id order)."""
+    mask = sample_mask(sample_ids, sample_fraction(len(x), cells, cfg))
+    return np.asarray(x[np.flatnonzero(mask)], dtype=np.float32)
+
+
+def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, stats: Optional[dict] = None):
+    """In-process cluster-then-compare over x (n, d) unit float32 in sample_id order (an array or a
+    memory map). Returns (i, j, sim): positions i < j with cosine > threshold in a shared cell."""
+    n = len(x)
+    cells = default_cells(n, cfg)
+    model = fit_cells(training_sample(x, sample_ids, cells, cfg), cells, cfg)
+    assigned = assign_cells(x, model, cfg.dedup_cells_per_vector)
+    cell_of = assigned.ravel()
+    row_of = np.repeat(np.arange(n, dtype=np.int64), assigned.shape[1])
+    order = np.lexsort((row_of, cell_of))  # by cell, then by position (= sample_id order)
+    cell_of, row_of = cell_of[order], row_of[order]
+    bounds = np.flatnonzero(np.diff(cell_of)) + 1
+    groups = np.split(row_of, bounds)
+    parts_i, parts_j, parts_s = [], [], []
+    cells_iter = ((rows, np.asarray(x[rows], dtype=np.float32)) for rows in groups)
+    for a, b, s in pairs_in_cells(cells_iter, threshold):
+        if len(a):
+            parts_i.append(a), parts_j.append(b), parts_s.append(s)
+    sizes = [len(g) for g in groups]
+    if stats is not None:
+        sz = np.asarray(sizes)
+        stats.update(cells=model.cells, largest_cell=int(sz.max(initial=0)),
+                     compared=int((sz * (sz - 1) // 2).sum()))
+    if not parts_i:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return unique_pairs(np.concatenate(parts_i), np.concatenate(parts_j), np.concatenate(parts_s), n)

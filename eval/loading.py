@@ -1,0 +1,80 @@
+"""Rows of an EvalSet -> images (and localisation targets) in the model's frame.
+
+Targets: RSNA boxes are rasterised in the original frame, SIIM run-length codes decoded there,
+phantom masks come with the rendering; then all go through the image's geometry. A box or code
+reaching outside the image is clipped, and counted (`clipped` in the returned stats).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from eval.datasets.base import EvalSet, image_paths, json_list
+from eval.images import read_image, to_frame
+from eval.rle import decode_relative_rle
+
+
+def boxes_to_mask(boxes: list, height: int, width: int) -> tuple[np.ndarray, int]:
+    """Union of [x, y, w, h] boxes as a bool mask; returns (mask, boxes that had to be clipped)."""
+    mask = np.zeros((height, width), bool)
+    clipped = 0
+    for x, y, w, h in boxes:
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        x1, y1 = int(np.ceil(x + w)), int(np.ceil(y + h))
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            clipped += 1
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        if x1 > x0 and y1 > y0:
+            mask[y0:y1, x0:x1] = True
+    return mask, clipped
+
+
+def row_target(ds: EvalSet, row: pd.Series, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """(target mask in the original frame, clipped count) for boxes / rle datasets."""
+    h, w = shape
+    if ds.localisation == "boxes":
+        return boxes_to_mask(json_list(row["boxes"]), h, w)
+    if ds.localisation == "rle":
+        mask, clipped = np.zeros((h, w), bool), 0
+        for code in json_list(row["mask_rle"]):
+            m, c = decode_relative_rle(code, h, w)
+            mask |= m
+            clipped += int(c > 0)
+        return mask, clipped
+    raise ValueError(f"dataset {ds.name} has no localisation targets")
+
+
+def row_class(ds: EvalSet, row: pd.Series) -> Optional[str]:
+    """The class a grounding query asks for: the dataset's target, or a multi-class row's class."""
+    if ds.target:
+        return ds.target
+    hits = [c for c in ds.classes if int(row[c]) == 1]
+    return hits[0] if hits else None
+
+
+def load_rows(ds: EvalSet, rows: pd.DataFrame, imgpath, image_size: int, resize_to: int | None = None,
+              with_masks: bool = False) -> tuple[np.ndarray, Optional[np.ndarray], dict]:
+    """(uint8 [N,S,S] frames, bool [N,S,S] target masks or None, {"clipped": n})."""
+    frames, masks, clipped = [], [], 0
+    paths = None if ds.render is not None else image_paths(ds, rows, imgpath)
+    for i, (_, row) in enumerate(rows.iterrows()):
+        if ds.render is not None:
+            img, class_masks = ds.render(row)
+            target = class_masks.get(row_class(ds, row)) if with_masks else None
+        else:
+            img = read_image(paths[i])
+            target = None
+            if with_masks:
+                target, c = row_target(ds, row, img.shape)
+                clipped += c
+        frames.append(to_frame(img, image_size, resize_to))
+        if with_masks:
+            if target is None:
+                target = np.zeros(img.shape, bool)
+            masks.append(to_frame(target, image_size, resize_to, mask=True))
+    size = (0, image_size, image_size)
+    out_frames = np.stack(frames) if frames else np.zeros(size, np.uint8)
+    out_masks = (np.stack(masks) if masks else np.zeros(size, bool)) if with_masks else None
+    return out_frames, out_masks, {"clipped": clipped}

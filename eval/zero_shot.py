@@ -1,0 +1,116 @@
+"""Zero-shot classification.
+
+Scores per method: ConVIRT, cosine of the global embeddings; GLoRIA, the mean of global and local
+similarity (both come from model.similarity), z-scored per class across images. A class's score
+is the max over its prompts. Multi-class sets: argmax accuracy plus one-vs-rest AUC per class.
+Multi-label sets: a positive against a negative prompt per class, softmax over the pair.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from eval import metrics
+from eval.prompts import check_prompts, pos_neg_prompts
+
+PAIR_TEMPERATURE = 0.1  # softmax over (positive, negative) similarities; AUC does not depend on it
+
+
+def _image_batches(images, batch_size: int):
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32)) if not torch.is_tensor(images) else images.float()
+    for i in range(0, len(x), batch_size):
+        yield x[i:i + batch_size]
+
+
+@torch.no_grad()
+def prompt_similarities(model, images, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """[N, len(texts)] image-text similarities (model.similarity: the method's own score)."""
+    was_training = model.training
+    model.eval()
+    tok = model.tokenize(texts)
+    ids, mask = tok["input_ids"], tok["attention_mask"]
+    out = [model.similarity(batch, ids, mask).float().cpu().numpy() for batch in _image_batches(images, batch_size)]
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, len(texts)), np.float32)
+
+
+def zscore_columns(scores: np.ndarray) -> np.ndarray:
+    std = scores.std(axis=0, keepdims=True)
+    return (scores - scores.mean(axis=0, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+
+def class_scores(model, images, classes: list[str], prompts: Optional[dict] = None,
+                 batch_size: int = 64) -> np.ndarray:
+    """[N, C]: per class the max similarity over its prompts; GLoRIA's z-scored per class."""
+    prompts = check_prompts(prompts, classes)
+    texts, owner = [], []
+    for c, cls in enumerate(classes):
+        texts += prompts[cls]
+        owner += [c] * len(prompts[cls])
+    sims = prompt_similarities(model, images, texts, batch_size)
+    owner = np.asarray(owner)
+    scores = np.stack([sims[:, owner == c].max(axis=1) for c in range(len(classes))], axis=1)
+    return zscore_columns(scores) if getattr(model, "method", "") == "gloria" else scores
+
+
+def pair_scores(model, images, classes: list[str], batch_size: int = 64) -> np.ndarray:
+    """[N, C]: probability of the positive prompt against the negative one, per class."""
+    pairs = pos_neg_prompts(classes)
+    texts = [t for cls in classes for t in pairs[cls]]
+    sims = prompt_similarities(model, images, texts, batch_size).reshape(-1, len(classes), 2)
+    logits = sims / PAIR_TEMPERATURE
+    logits = logits - logits.max(axis=2, keepdims=True)
+    p = np.exp(logits)
+    return p[..., 0] / p.sum(axis=2)
+
+
+def per_class_metrics(labels: np.ndarray, scores: np.ndarray, classes: list[str]) -> tuple[dict, list[str]]:
+    """{class: {auc, f1, accuracy, threshold, n_pos, n}} and the classes skipped (one label only)."""
+    per_class, skipped = {}, []
+    for c, cls in enumerate(classes):
+        y = labels[:, c]
+        if not metrics.has_both_classes(y):
+            skipped.append(cls)
+            continue
+        f1 = metrics.best_f1(y, scores[:, c])
+        per_class[cls] = {"auc": metrics.auc(y, scores[:, c]), "f1": f1["f1"], "accuracy": f1["accuracy"],
+                          "threshold": f1["threshold"], "n_pos": int(y.sum()), "n": int(len(y))}
+    return per_class, skipped
+
+
+def summarise(labels: np.ndarray, scores: np.ndarray, classes: list[str]) -> dict:
+    per_class, skipped = per_class_metrics(np.asarray(labels), scores, classes)
+    mean = lambda key: metrics.mean_or_none(v[key] for v in per_class.values())  # noqa: E731
+    return {"mean_auc": mean("auc"), "mean_f1": mean("f1"), "mean_accuracy": mean("accuracy"),
+            "per_class": per_class, "skipped": skipped, "n": int(len(labels))}
+
+
+def zero_shot_auc(model, images, labels: np.ndarray, classes: list[str],
+                  prompts: Optional[dict[str, list[str]]] = None, batch_size: int = 64) -> dict:
+    """Validation metric for the training loop: class-prompt scores, AUC per class and the mean.
+    images: preprocessed [N,1,S,S]; labels: [N,C] 0/1. A class with no positives or no negatives
+    is listed in "skipped" and left out of the mean."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[1] != len(classes) or labels.shape[0] != len(images):
+        raise ValueError(f"labels must be [N={len(images)}, C={len(classes)}], got {list(labels.shape)}")
+    scores = class_scores(model, images, classes, prompts, batch_size)
+    return summarise(labels, scores, classes)
+
+
+def zero_shot_classification(model, images, labels: np.ndarray, classes: list[str], kind: str,
+                             prompts: Optional[dict] = None, batch_size: int = 64) -> dict:
+    """Full zero-shot result of one model on one set: per-class AUC/F1/accuracy, their means and,
+    for a multi-class set, argmax accuracy; the scores come back for ROC plots."""
+    labels = np.asarray(labels)
+    if kind == "multiclass":
+        scores = class_scores(model, images, classes, prompts, batch_size)
+        out = summarise(labels, scores, classes)
+        truth = labels.argmax(axis=1)
+        out["multiclass_accuracy"] = float((scores.argmax(axis=1) == truth).mean()) if len(labels) else None
+    else:
+        scores = pair_scores(model, images, classes, batch_size)
+        out = summarise(labels, scores, classes)
+    out["scores"] = scores
+    return out

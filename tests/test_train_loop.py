@@ -1,0 +1,131 @@
+"""The Ray Train loop: a run killed (kill -9) after its first checkpoint, rerun with the same
+command, finishes with the planned step count and the step counter continuing from the
+checkpoint; plus the pure parts of the loop (optimizer schedule, hook resolution, checkpoints)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from test_train_data import TINY_MODEL, make_synthetic_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    from train.config import OptimSection
+    from train.loop import make_optimizer
+
+    model = torch.nn.Linear(2, 2)
+    opt, sched = make_optimizer(model, OptimSection(lr=1.0, warmup_steps=2, scheduler="cosine"), total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 0.05
+
+
+def test_training_state_round_trips_through_weights_only_load(tmp_path):
+    from train.checkpointing import load_state, save_state, training_state
+    from train.config import OptimSection
+    from train.loop import make_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    opt, sched = make_optimizer(model, OptimSection(lr=0.1), total_steps=5)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    save_state(training_state(model, opt, sched, epoch=2, step=7), tmp_path)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)  # what the brief promises
+    assert (state["epoch"], state["step"]) == (2, 7)
+    assert torch.equal(load_state(tmp_path)["model"]["weight"], model.weight.detach())
+    assert state["optimizer"]["state"][0]["exp_avg"].shape == (2, 3)
+
+
+def test_zero_shot_hook_is_resolved_by_name():
+    from train.loop import resolve_hook
+    from train.retrieval import recall_at_k
+
+    assert resolve_hook("train.retrieval:recall_at_k") is recall_at_k
+    assert resolve_hook("train.retrieval.recall_at_k") is recall_at_k
+    assert resolve_hook(None) is None
+
+
+def _descendants_with(marker: str):
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _records(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint_to_the_planned_step_count(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "syn", 130)
+    cfg = tmp_path / "train.yaml"
+    # 120 training pairs / batch 6 = 20 steps per epoch, 3 epochs = 60 planned steps
+    cfg.write_text(yaml.safe_dump({
+        "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
+        "data": {"batch_size": 30, "num_cpus": 0.5}, "validation": {"size": 10, "batch_size": 10},
+        "epochs": 3, "batch_size": 6, "log_every_steps": 1, "optim": {"lr": 1e-3},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1}, "engine": {"num_cpus": 2}}))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "engine.cli", "train", "--config", str(cfg), "--out", str(run), "--synthetic", str(data)]
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sxt-", dir="/tmp"))  # the child's Ray lives here (short socket paths)
+    env = {**os.environ, "TMPDIR": str(ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "first.log"
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        # kill mid-epoch 2: right after the first step past the first checkpoint
+        while not any(r.get("kind") == "step" and r["step"] > 20 for r in _records(run)):
+            assert proc.poll() is None, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
+            assert time.time() < deadline, "no step past the first checkpoint after 300 s"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        for leftover in _descendants_with(str(ray_tmp)):
+            leftover.kill()
+    killed_at = max(r["step"] for r in _records(run))
+    checkpoints = sorted((run / "ray").glob("train/checkpoint_*/state.pt"))
+    saved_step = max(torch.load(c, weights_only=True)["step"] for c in checkpoints)
+    assert saved_step in (20, 40) and killed_at < 60 and not (run / "model").exists()
+
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    recs = _records(run)
+    steps = [r["step"] for r in recs if r["kind"] == "step"]
+    assert steps == list(range(1, 61))  # every step once: the killed attempt's extra ones dropped
+    assert [(r["epoch"], r["step"]) for r in recs if r["kind"] == "epoch"] == [(1, 20), (2, 40), (3, 60)]
+    # the rerun printed only what it trained: it began at the step after the checkpoint
+    printed = [int(line.split("step ")[1].split("/")[0]) for line in second.stdout.splitlines() if " step " in line]
+    assert printed[0] == saved_step + 1 and printed[-1] == 60
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["planned_steps"] == 60 and summary["final"]["step"] == 60
+    from train.models import load_model
+    assert load_model(run / "model").name == "convirt-resnet18-smallbert"

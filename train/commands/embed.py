@@ -1,0 +1,94 @@
+"""`syncxr embed`: image and text embeddings of a dataset under a trained model."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DESCRIPTION = """\
+Embed every pair of a dataset with a trained model: --checkpoint is a `syncxr train` run
+directory (its model/) or a saved model directory; --data a `syncxr synth` dataset or
+table:PATH / mimic:ROOT / openi:PNGDIR. Text is the whole report (FINDINGS + IMPRESSION).
+
+Output: a Parquet file with sample_id, image_embedding, text_embedding (float32 lists,
+L2-normalised). Images that do not decode are left out and counted.
+
+Exit codes: 0 done; 2 bad input."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("embed", help="image/text embeddings of a dataset under a trained model",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a `syncxr train` run directory or a saved model directory")
+    p.add_argument("--data", required=True, help="a `syncxr synth` dataset directory, or table:/mimic:/openi: SPEC")
+    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument("--batch-size", type=int, default=64, help="pairs per forward pass (default 64)")
+    p.set_defaults(func=run)
+
+
+def model_dir_of(path: str | Path) -> Path:
+    """RUN/model for a training run directory, else the directory itself."""
+    from engine.core.errors import UserError
+
+    path = Path(path)
+    if (path / "model").is_dir():
+        return path / "model"
+    if path.is_dir():
+        return path
+    raise UserError(f"--checkpoint {path}: no such run or model directory")
+
+
+def embed_source(model, source, batch_size: int = 64):
+    """(ids, image embeddings [N, D], text embeddings [N, D], undecodable count) in the driver
+    process, batch by batch, with the same decoding and resizing as validation."""
+    import numpy as np
+    import torch
+
+    from train.data.preprocess import preprocess_batch
+
+    model.eval()
+    table = source.to_arrow(source.ids)
+    ids, image_parts, text_parts, skipped = [], [], [], 0
+    for start in range(0, table.num_rows, batch_size):
+        rows = table.slice(start, batch_size).to_pydict()
+        batch = preprocess_batch(rows, model.image_size, model.resize_to, train=False)
+        keep = batch["valid"]
+        skipped += int((~keep).sum())
+        if not keep.any():
+            continue
+        texts = [t for t, k in zip(batch["text"], keep) if k]
+        tok = model.tokenize(texts)
+        with torch.no_grad():
+            image_parts.append(model.embed_image(torch.from_numpy(batch["image"][keep])).float().numpy())
+            text_parts.append(model.embed_text(tok["input_ids"], tok["attention_mask"]).float().numpy())
+        ids.extend(s for s, k in zip(batch["sample_id"], keep) if k)
+    if not ids:
+        return [], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), skipped
+    return ids, np.concatenate(image_parts), np.concatenate(text_parts), skipped
+
+
+def run(args) -> int:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from engine.core.errors import UserError
+    from train.data.sources import real_source, synthetic_source
+    from train.models import load_model
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model = load_model(model_dir_of(args.checkpoint))
+    kind = args.data.partition(":")[0]
+    source = real_source(args.data) if kind in ("table", "mimic", "openi") and ":" in args.data else synthetic_source(args.data)
+    ids, image_emb, text_emb, skipped = embed_source(model, source, args.batch_size)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dim = image_emb.shape[1] if len(ids) else 0
+    table = pa.table({
+        "sample_id": pa.array(ids, pa.string()),
+        "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(image_emb.reshape(-1).astype(np.float32)), dim),
+        "text_embedding": pa.FixedSizeListArray.from_arrays(pa.array(text_emb.reshape(-1).astype(np.float32)), dim),
+    })
+    pq.write_table(table, out)
+    print(f"{len(ids)} pairs embedded ({dim}-d) -> {out}" + (f"; {skipped} images did not decode, left out" if skipped else ""))
+    return 0

@@ -1,0 +1,145 @@
+"""The training driver: from a TrainConfig to a finished run directory, through one TorchTrainer.
+
+RUN/ holds: split.json (train/validation ids by source), model_init/ (the starting weights and
+tokenizer every worker loads), ray/ (Ray Train storage: checkpoints), metrics.jsonl, metrics.png,
+model/ (final weights, `load_model(RUN/model)`), run.json (config, data summary, result).
+Rerunning the same command resumes from the latest checkpoint (same Ray Train name and storage).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from engine.core.errors import UserError
+from train.checkpointing import latest_checkpoint_step
+from train.config import TrainConfig
+from train.data.pipeline import build_datasets, load_sources, plan_data, training_texts
+from train.loop import METRICS_FILE, MetricsLog, train_loop_per_worker
+from train.progress import Tail, plot_metrics, read_records
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the default in Ray 2.60; explicit for older ones
+RAY_RUN_NAME = "train"
+
+
+class TrainingStopped(UserError):
+    """The run stopped itself (non-finite loss); the last good checkpoint is kept."""
+
+
+def check_resources(cfg: TrainConfig, cluster: dict) -> None:
+    """Refuse, before anything starts, workers the cluster cannot place, and a CPU plan that
+    leaves nothing for the Ray Data tasks that feed them (they would wait forever)."""
+    s = cfg.scaling
+    for key, per_worker in s.per_worker().items():
+        need, have = per_worker * s.num_workers, cluster.get(key, 0.0)
+        if need > have + 1e-9:
+            raise UserError(f"scaling: {s.num_workers} workers x {per_worker:g} {key} = {need:g} {key}, "
+                            f"the cluster has {have:g}")
+    cpus = cluster.get("CPU", 0.0)
+    if s.cpus_per_worker * s.num_workers + cfg.data.num_cpus > cpus + 1e-9:
+        raise UserError(f"scaling: {s.num_workers} workers x {s.cpus_per_worker:g} CPU leave less than "
+                        f"data.num_cpus={cfg.data.num_cpus:g} of the cluster's {cpus:g} CPU for Ray Data preprocessing")
+
+
+def scaling_config(s):
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": s.cpus_per_worker, **s.resources}
+    if s.use_gpu:
+        resources["GPU"] = s.gpus_per_worker or 1.0
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
+                         accelerator_type=s.accelerator_type)
+
+
+def prepare_model(cfg: TrainConfig, run_dir: Path, texts: list[str]):
+    """RUN/model_init: created once (a from-scratch tokenizer learns its vocabulary from the
+    training reports), reused on resume so the vocabulary and initial weights never change."""
+    from train.models import create_model, load_model
+
+    init_dir = run_dir / "model_init"
+    if (init_dir / "config.json").exists() or (init_dir.is_dir() and any(init_dir.iterdir())):
+        return load_model(str(init_dir), expect_name=cfg.model.name), init_dir
+    model = create_model(cfg.model.name, text_corpus=texts, tokenizer_dir=cfg.model.tokenizer_dir,
+                         overrides=cfg.model.overrides or None)
+    tmp = run_dir / "model_init.tmp"
+    model.save_pretrained(str(tmp))
+    tmp.rename(init_dir)  # whole or absent: a kill mid-save does not leave half a model
+    return model, init_dir
+
+
+def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str] = None, real: Optional[str] = None,
+                 callbacks: Optional[list] = None, show_progress: bool = True, verbose: bool = False) -> dict:
+    """Train; returns the final metrics record. Raises UserError for bad input or a stopped run."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_resources(cfg, ray.cluster_resources())
+    if not verbose:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    sources = load_sources(cfg.data, synthetic or cfg.data.synthetic, real or cfg.data.real)
+    plan = plan_data(cfg, sources)
+    world = cfg.scaling.num_workers
+    steps_per_epoch = plan.n_train // world // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise UserError(f"batch_size {cfg.batch_size} x {world} workers is more than the {plan.n_train} training pairs")
+    (run_dir / "split.json").write_text(json.dumps({"train": plan.train, "val": plan.val}, indent=0))
+    model, init_dir = prepare_model(cfg, run_dir, training_texts(sources, plan))
+    train_ds, val_ds = build_datasets(cfg, sources, plan, model.image_size, model.resize_to,
+                                       model.config.get("augment"))
+    del model
+
+    run_config = RunConfig(
+        name=RAY_RUN_NAME, storage_path=str(run_dir / "ray"),
+        checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+        failure_config=FailureConfig(max_failures=0), callbacks=callbacks or None)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": cfg.model_dump(), "init_model_dir": str(init_dir), "run_dir": str(run_dir),
+                           "steps_per_epoch": steps_per_epoch},
+        scaling_config=scaling_config(cfg.scaling), run_config=run_config,
+        datasets={"train": train_ds, "val": val_ds}, dataset_config=DataConfig(datasets_to_split=["train"]))
+    total_steps = steps_per_epoch * cfg.epochs
+    resume_step = latest_checkpoint_step(run_dir / "ray")
+    MetricsLog(str(run_dir), resume_step, enabled=True)  # drop a killed attempt's records (rank 0 does too)
+    if show_progress:
+        print(f"training {cfg.model.name}: {plan.summary()['train']} pairs, {plan.n_val} held out, "
+              f"{cfg.epochs} epochs x {steps_per_epoch} steps, {world} worker(s)"
+              + (f"; resuming after step {resume_step}" if resume_step else ""), flush=True)
+    t0 = time.perf_counter()
+    if show_progress:
+        with Tail(run_dir / METRICS_FILE, cfg.epochs, total_steps, resume_step):
+            result = _fit(trainer)
+    else:
+        result = _fit(trainer)
+    seconds = time.perf_counter() - t0
+    records = read_records(run_dir / METRICS_FILE)
+    plot_metrics(records, run_dir / "metrics.png", chance=min(10, plan.n_val) / plan.n_val)
+    final = result.metrics or (records[-1] if records else {})
+    summary = {"config": cfg.model_dump(), "data": plan.summary(), "steps_per_epoch": steps_per_epoch,
+               "planned_steps": total_steps, "fit_seconds": seconds, "final": final}
+    (run_dir / "run.json").write_text(json.dumps(summary, indent=1, default=str))
+    if final.get("nonfinite_step"):
+        raise TrainingStopped(f"non-finite loss at step {final['nonfinite_step']}: stopped, "
+                              f"the last good checkpoint is kept under {run_dir / 'ray'}")
+    return final
+
+
+def _fit(trainer):
+    """fit(), with a failed worker's exception reduced to one line."""
+    from ray.train import TrainingFailedError
+
+    try:
+        return trainer.fit()
+    except TrainingFailedError as exc:
+        raise UserError(f"training failed: {_last_line(exc)}") from None
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "Exception" in ln]
+    return (errors or lines or [type(exc).__name__])[-1]

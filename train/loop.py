@@ -1,0 +1,216 @@
+"""The Ray Train worker loop: one function every training worker runs (TorchTrainer's
+`train_loop_per_worker`).
+
+Per epoch: the worker's shard of "train" (already decoded and augmented by Ray Data), one optimizer
+step per batch of `batch_size` rows, then on rank 0 validation on the held-out pairs (loss and
+recall@1/5/10 both ways, plus the optional zero-shot hook) and a checkpoint, through
+`ray.train.report` (every rank calls it once per epoch: it is a barrier). Rank 0 also appends each
+record to RUN/metrics.jsonl, which the driver tails for progress lines.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from train.checkpointing import report_with_checkpoint, restore, training_state
+from train.config import TrainConfig
+from train.retrieval import retrieval_metrics
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def collate(batch: dict) -> dict:
+    """Ray Data numpy batch -> tensors; text stays a list of str (tokenized on the worker)."""
+    return {"image": torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32)),
+            "valid": torch.from_numpy(np.asarray(batch["valid"], dtype=bool)),
+            "text": [str(t) for t in batch["text"]],
+            "sample_id": [str(s) for s in batch["sample_id"]]}
+
+
+def make_optimizer(model, optim_cfg, total_steps: int):
+    cls = torch.optim.AdamW if optim_cfg.optimizer == "adamw" else torch.optim.Adam
+    optimizer = cls([p for p in model.parameters() if p.requires_grad], lr=optim_cfg.lr,
+                    weight_decay=optim_cfg.weight_decay)
+    warmup, total = optim_cfg.warmup_steps, max(total_steps, 1)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if optim_cfg.scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def resolve_hook(spec: Optional[str]) -> Optional[Callable]:
+    """"package.module:function" (or the last dot as separator) -> the callable. The hook is
+    called on rank 0 after validation as hook(model, device, train_config) -> {metric: value}."""
+    if not spec:
+        return None
+    module, sep, name = spec.partition(":") if ":" in spec else spec.rpartition(".")
+    if not module or not name:
+        raise ValueError(f"validation.zero_shot {spec!r}: expected 'module:function'")
+    return getattr(importlib.import_module(module), name)
+
+
+def _all_sum(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _tokenize(model, texts, device):
+    tok = model.tokenize(texts)
+    return tok["input_ids"].to(device), tok["attention_mask"].to(device), int(tok["truncated"].sum())
+
+
+@torch.no_grad()
+def validate(model, val_shard, vcfg, device, autocast) -> dict:
+    """Loss and retrieval recall on the held-out pairs (rank 0 only: no collectives in here)."""
+    model.eval()
+    losses, weights, img_emb, txt_emb, skipped = [], [], [], [], 0
+    for batch in val_shard.iter_torch_batches(batch_size=vcfg.batch_size, collate_fn=collate):
+        keep = batch["valid"]
+        skipped += int((~keep).sum())
+        if int(keep.sum()) < 2:
+            continue
+        images = batch["image"][keep].to(device)
+        texts = [t for t, k in zip(batch["text"], keep.tolist()) if k]
+        ids, mask, _ = _tokenize(model, texts, device)
+        with autocast():
+            features = model(images, ids, mask)
+            loss, _ = model.loss(features, gather=False)
+            img_emb.append(model.embed_image(images).float().cpu().numpy())
+            txt_emb.append(model.embed_text(ids, mask).float().cpu().numpy())
+        losses.append(float(loss))
+        weights.append(len(texts))
+    model.train()
+    if not weights:
+        return {"val_loss": float("nan"), "val_skipped_images": skipped}
+    out = {"val_loss": float(np.average(losses, weights=weights)), "val_pairs": int(sum(weights)),
+           "val_skipped_images": skipped}
+    out.update(retrieval_metrics(np.concatenate(img_emb), np.concatenate(txt_emb)))
+    return out
+
+
+class MetricsLog:
+    """RUN/metrics.jsonl, written by rank 0. On resume, records past the restored step (from the
+    attempt that was killed) are dropped so the file reads as one uninterrupted run."""
+
+    def __init__(self, run_dir: Optional[str], restored_step: int, enabled: bool):
+        self.path = Path(run_dir) / METRICS_FILE if run_dir and enabled else None
+        if self.path and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= restored_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.path:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+
+def train_loop_per_worker(loop_cfg: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    from train.models import load_model
+
+    cfg = TrainConfig.model_validate(loop_cfg["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    use_amp = device.type == "cuda"
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp)
+
+    torch.manual_seed(cfg.seed + rank)
+    model = load_model(loop_cfg["init_model_dir"])  # identical start on every rank
+    steps_per_epoch = loop_cfg["steps_per_epoch"]
+    optimizer, scheduler = make_optimizer(model, cfg.optim, steps_per_epoch * cfg.epochs)
+    start_epoch, step = restore(model, optimizer, scheduler)
+    ddp = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the device
+    core = ddp.module if hasattr(ddp, "module") else ddp
+    # optimizer state restored on CPU: move it beside the parameters
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                state[key] = value.to(device)
+    log = MetricsLog(loop_cfg.get("run_dir"), step, rank == 0)
+    hook = resolve_hook(cfg.validation.zero_shot)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
+    log_every = cfg.log_every_steps
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0, seen, loss_sum, n_steps, skipped, truncated = time.perf_counter(), 0, 0.0, 0, 0, 0
+        bad_step = None
+        for batch in train_shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, collate_fn=collate,
+                                                    local_shuffle_buffer_size=4 * cfg.batch_size,
+                                                    local_shuffle_seed=cfg.seed + epoch + 1000 * rank):
+            keep = batch["valid"]
+            skipped += int((~keep).sum())
+            # every rank steps together (DDP): all skip a batch with too few decodable images
+            too_few = _all_sum([float(int(keep.sum()) < 2)], world)[0] > 0
+            if too_few:
+                continue
+            images = batch["image"][keep].to(device, non_blocking=True)
+            texts = [t for t, k in zip(batch["text"], keep.tolist()) if k]
+            ids, mask, n_trunc = _tokenize(core, texts, device)
+            truncated += n_trunc
+            with autocast():
+                features = ddp(images, ids, mask)
+                loss, _ = core.loss(features, gather=world > 1)
+            finite = _all_sum([float(not torch.isfinite(loss.detach()).item())], world)[0] == 0
+            if not finite:
+                bad_step = step + 1
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(ddp.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            n_steps += 1
+            seen += len(texts)
+            loss_sum += float(loss.detach())
+            if log_every and step % log_every == 0:
+                log.write({"kind": "step", "epoch": epoch + 1, "step": step, "loss": float(loss.detach()),
+                           "lr": scheduler.get_last_lr()[0]})
+        if bad_step is not None:
+            # stop here: no checkpoint of the broken weights, the last good one stays the latest
+            record = {"kind": "stopped", "epoch": epoch + 1, "step": bad_step, "nonfinite_step": bad_step}
+            log.write(record)
+            ray.train.report(record)
+            return
+        seconds = time.perf_counter() - t0
+        seen, skipped, truncated = (int(v) for v in _all_sum([seen, skipped, truncated], world))
+        record = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(n_steps, 1),
+                  "samples_per_s": seen / seconds if seconds else 0.0, "epoch_seconds": seconds,
+                  "train_pairs_seen": seen, "skipped_images": skipped, "truncated_reports": truncated,
+                  "lr": scheduler.get_last_lr()[0]}
+        state = None
+        if rank == 0:
+            record.update(validate(core, val_shard, cfg.validation, device, autocast))
+            if hook is not None:
+                core.eval()
+                record.update(hook(core, device, cfg))
+                core.train()
+            state = training_state(core, optimizer, scheduler, epoch + 1, step)
+            log.write(record)
+        report_with_checkpoint(record, state)
+
+    if rank == 0 and loop_cfg.get("run_dir"):
+        core.save_pretrained(str(Path(loop_cfg["run_dir"]) / "model"))

@@ -1,0 +1,47 @@
+"""Model configurations: one JSON file per model name in train/model_configs/, holding every value
+(dimensions, temperatures, loss weights, image size, token limit, encoder sources). Overrides are
+nested dicts merged over it; a key the JSON does not have is a typo and is refused."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from engine.core.errors import ConfigError, UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+METHODS = ("convirt", "gloria")
+
+
+def list_models() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def merge(base: dict, overrides: dict | None, where: str = "overrides") -> dict:
+    """Deep-merge `overrides` over a copy of `base`; unknown keys raise ConfigError."""
+    out = copy.deepcopy(base)
+    for key, value in (overrides or {}).items():
+        if key not in out:
+            known = ", ".join(sorted(out))
+            raise ConfigError(f"{where}.{key}: unknown model setting (known here: {known})")
+        if isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = merge(out[key], value, f"{where}.{key}")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(name: str, overrides: dict | None = None) -> dict:
+    path = CONFIG_DIR / f"{name}.json"
+    if not isinstance(name, str) or not path.is_file():
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    with open(path) as f:
+        base = json.load(f)
+    config = merge(base, overrides)
+    if config.get("method") not in METHODS:
+        raise ConfigError(f"{path.name}: method must be one of {', '.join(METHODS)}, got {config.get('method')!r}")
+    image = config["image"]
+    if not (0 < int(image["image_size"]) <= int(image["resize_to"])):
+        raise ConfigError(f"model {name}: image.image_size ({image['image_size']}) must be positive and "
+                          f"at most image.resize_to ({image['resize_to']})")
+    return config

@@ -1,0 +1,104 @@
+"""Text encoders: any transformers BERT-family model with its tokenizer (Bio_ClinicalBERT,
+CXR-BERT, from a directory or hub id), or "smallbert": a small random-init BertModel whose
+WordPiece vocabulary is trained on the given corpus (the CPU default; no weights needed).
+
+`forward` returns every layer's hidden states; the methods pool them their own way."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from engine.core.errors import ConfigError, UserError
+from train import tokenizer as tok
+
+
+def _smallbert_tokenizer(spec: dict, text_corpus: Iterable[str] | None, tokenizer_dir: str | None):
+    """An existing tokenizer in tokenizer_dir wins; else one is trained on text_corpus (and
+    saved to tokenizer_dir when given)."""
+    if tokenizer_dir and (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
+        return tok.load_tokenizer(tokenizer_dir)
+    if text_corpus is None:
+        raise UserError("smallbert needs a text corpus to train its vocabulary or a tokenizer_dir "
+                        "holding one (neither given)")
+    tokenizer = tok.train_wordpiece(text_corpus, vocab_size=int(spec["vocab_size"]),
+                                    min_frequency=int(spec["min_frequency"]))
+    if tokenizer_dir:
+        tokenizer.save_pretrained(tokenizer_dir)
+    return tokenizer
+
+
+def _without_pooler(make, source):
+    """BERT's pooler (dense + tanh, trained for next-sentence prediction) is unused here; models
+    whose class takes no add_pooling_layer are built as they are."""
+    try:
+        return make(source, add_pooling_layer=False)
+    except TypeError:
+        return make(source)
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, spec: dict, max_tokens: int, text_corpus=None, tokenizer_dir=None,
+                 from_dir: str | None = None):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+
+        kind = spec.get("type")
+        if kind not in ("smallbert", "hf", "transformers"):
+            raise ConfigError(f"text_encoder.type: {kind!r} is not 'smallbert' or 'hf'")
+        if from_dir is not None:  # load_model: architecture from the saved config, weights later
+            self.tokenizer = tok.load_tokenizer(str(Path(from_dir) / "tokenizer"))
+            config = AutoConfig.from_pretrained(str(Path(from_dir) / "text_encoder"))
+            self.model = _without_pooler(AutoModel.from_config, config)
+        elif kind == "smallbert":
+            self.tokenizer = _smallbert_tokenizer(spec, text_corpus, tokenizer_dir)
+            config = BertConfig(vocab_size=len(self.tokenizer), hidden_size=int(spec["hidden_size"]),
+                                num_hidden_layers=int(spec["num_hidden_layers"]),
+                                num_attention_heads=int(spec["num_attention_heads"]),
+                                intermediate_size=int(spec["intermediate_size"]),
+                                max_position_embeddings=max(int(max_tokens), 32),
+                                pad_token_id=self.tokenizer.pad_token_id)
+            self.model = BertModel(config, add_pooling_layer=False)
+        else:
+            source = spec.get("path")
+            if not source:
+                raise ConfigError("text_encoder.path: a transformers text model needs a directory or hub id")
+            self.tokenizer = tok.load_tokenizer(tokenizer_dir or source)
+            try:
+                self.model = _without_pooler(AutoModel.from_pretrained, source)
+            except Exception as exc:  # noqa: BLE001
+                raise UserError(f"text_encoder.path {source!r} cannot be loaded as a transformers model: "
+                                f"{type(exc).__name__}") from None
+        self.hidden_size = self.model.config.hidden_size
+        self.max_tokens = int(max_tokens)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit is not None and self.max_tokens > limit:
+            raise ConfigError(f"text.max_tokens {self.max_tokens} exceeds the text model's "
+                              f"max_position_embeddings {limit}")
+        self.register_buffer("is_continuation", tok.continuation_mask(self.tokenizer), persistent=False)
+        self.register_buffer("special_ids", torch.tensor(tok.special_ids(self.tokenizer)), persistent=False)
+        self.freeze_layers(int(spec.get("freeze_layers") or 0))
+
+    def freeze_layers(self, n: int) -> None:
+        """Freeze the embeddings and the first n transformer layers (ConVIRT freezes 6)."""
+        if n <= 0:
+            return
+        layers = getattr(getattr(self.model, "encoder", None), "layer", None)
+        if layers is None or not hasattr(self.model, "embeddings"):
+            raise ConfigError(f"text_encoder.freeze_layers: {type(self.model).__name__} has no BERT layers")
+        for module in [self.model.embeddings, *list(layers)[:n]]:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return tok.encode(self.tokenizer, list(texts), self.max_tokens)
+
+    def forward(self, input_ids, attention_mask) -> tuple[torch.Tensor, ...]:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states
+
+    def save(self, out_dir: Path) -> None:
+        self.tokenizer.save_pretrained(str(out_dir / "tokenizer"))
+        self.model.config.save_pretrained(str(out_dir / "text_encoder"))

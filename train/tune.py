@@ -1,0 +1,211 @@
+"""`syncxr tune`: Ray Tune over the synthetic:real mixing ratio (grid) and the learning rate.
+
+Each trial is a full training run (train/driver.py) with the ratio and lr of its config: the mix
+is built inside the trial, since a unioned Ray Dataset cannot be a hyperparameter. The Train V2
+pattern: the Tune function builds and fits the TorchTrainer with TuneReportCallback, and Tune's
+own RunConfig goes to the Tuner. ASHA stops weak trials on the validation metric.
+
+DIR/ holds results.csv, results.md, ratio.png (metric against ratio), trials/<name>/ (each trial's
+run directory, as `syncxr train` writes it) and ray/ (Tune's experiment state).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Optional
+
+from engine.core.errors import ConfigError
+from train.config import TrainConfig, TuneConfig, load_train_config, merge
+from train.data.mixing import max_total
+
+TUNE_RUN_NAME = "tune"
+
+
+def trial_train_config(base: dict, ratio: float, lr: float, total: int) -> TrainConfig:
+    """The training config of one trial: the base with its ratio, fixed total and lr."""
+    return TrainConfig.model_validate(merge(base, {"data": {"mix": {"mode": "ratio", "ratio": ratio, "total": total}},
+                                                   "optim": {"lr": lr}}))
+
+
+def run_trial(config: dict) -> None:
+    """The Tune function: one TorchTrainer run, reporting to Tune through TuneReportCallback."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from train.driver import run_training
+
+    cfg = trial_train_config(config["base"], config["ratio"], config["lr"], config["total"])
+    run_dir = Path(config["out"]) / "trials" / ray.tune.get_context().get_trial_name()
+    run_training(cfg, run_dir, synthetic=config["synthetic"], real=config["real"],
+                 callbacks=[TuneReportCallback()], show_progress=False)
+
+
+def common_total(cfg: TrainConfig, synthetic: Optional[str], real: Optional[str], ratios: list[float]) -> int:
+    """One training-set size for every ratio (the smallest that all ratios can fill), unless
+    data.mix.total fixes it: a ratio sweep compares mixes at equal size."""
+    from train.data.pipeline import load_sources, plan_data
+
+    if cfg.data.mix.total:
+        return cfg.data.mix.total
+    sources = load_sources(cfg.data, synthetic, real)
+    pools_cfg = TrainConfig.model_validate(merge(cfg.model_dump(), {"data": {"mix": {"mode": "concat"}, "limit": None}}))
+    if "synthetic" not in sources or "real" not in sources:
+        raise ConfigError("tune: a ratio sweep needs both --synthetic and --real data (or data.synthetic / data.real)")
+    pools = plan_data(pools_cfg, sources).train
+    total = min(max_total(len(pools.get("synthetic", [])), len(pools.get("real", [])), r) for r in ratios)
+    if cfg.data.limit:
+        total = min(total, cfg.data.limit)
+    if total < 2:
+        raise ConfigError(f"tune: ratios {ratios} leave {total} training pairs")
+    return total
+
+
+def load_tune_config(path) -> tuple[TuneConfig, TrainConfig, Path]:
+    from engine.core.config import load_yaml_model
+    from train.data.pipeline import resolve_path
+
+    tcfg, found = load_yaml_model(path, TuneConfig, "tune config")
+    base_dir = Path(found).resolve().parent
+    base: dict = {}
+    if tcfg.train_config:
+        train_path = Path(tcfg.train_config)
+        train_path = train_path if train_path.is_absolute() or train_path.exists() else base_dir / train_path
+        cfg, train_found = load_train_config(train_path)
+        base = cfg.model_dump()
+        for key in ("synthetic", "real"):
+            base["data"][key] = resolve_path(base["data"][key], Path(train_found).resolve().parent)
+    try:
+        cfg = TrainConfig.model_validate(merge(base, tcfg.train))
+    except Exception as exc:  # pydantic: name the tune file and the field
+        from pydantic import ValidationError
+        if isinstance(exc, ValidationError):
+            err = exc.errors()[0]
+            raise ConfigError(f"{found}: field 'train.{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+        raise
+    for key in ("synthetic", "real"):
+        if key in tcfg.train.get("data", {}):
+            setattr(cfg.data, key, resolve_path(getattr(cfg.data, key), base_dir))
+    return tcfg, cfg, Path(found)
+
+
+class _TrialLines:
+    """A Tune callback printing one line per trial result and end (instead of Tune's tables)."""
+
+    def __new__(cls, metric: str, epochs: int):
+        from ray.tune import Callback
+
+        class TrialLines(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                print(f"  {trial.trial_id} ratio {trial.config['ratio']:g} lr {trial.config['lr']:g}: "
+                      f"epoch {result.get('epoch')}/{epochs} {metric} {result.get(metric, float('nan')):.3f}", flush=True)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                done = (trial.last_result or {}).get("epoch", 0)
+                how = "finished" if done >= epochs else f"stopped by ASHA after epoch {done}"
+                print(f"  {trial.trial_id} {how}", flush=True)
+
+        return TrialLines()
+
+
+def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Optional[str] = None,
+             real: Optional[str] = None, verbose: bool = False) -> list[dict]:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from train.driver import check_resources
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    synthetic = synthetic or cfg.data.synthetic
+    real = real or cfg.data.real
+    check_resources(cfg, ray.cluster_resources())
+    ratios = list(tcfg.search.ratios)
+    lrs = list(tcfg.search.lrs) or [cfg.optim.lr]
+    total = common_total(cfg, synthetic, real, ratios)
+    metric = cfg.validation.metric
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=tcfg.asha.grace_period,
+                               reduction_factor=tcfg.asha.reduction_factor)
+                 if tcfg.asha.enabled else FIFOScheduler())
+    param_space = {"ratio": tune.grid_search(ratios), "lr": tune.grid_search(lrs), "total": total,
+                   "base": cfg.model_dump(), "synthetic": synthetic, "real": real, "out": str(out)}
+    print(f"tune: {len(ratios)} ratios x {len(lrs)} lrs x {tcfg.num_samples}, {total} training pairs each, "
+          f"{cfg.epochs} epochs, ASHA {'on' if tcfg.asha.enabled else 'off'} ({metric}, {tcfg.mode})", flush=True)
+    tuner = tune.Tuner(
+        # the trial function only drives: its TorchTrainer's workers hold the CPUs
+        tune.with_resources(run_trial, {"cpu": 0}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=metric, mode=tcfg.mode, scheduler=scheduler,
+                                    max_concurrent_trials=tcfg.max_concurrent_trials, num_samples=tcfg.num_samples),
+        run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=str(out / "ray"), verbose=1 if verbose else 0,
+                                  callbacks=[_TrialLines(metric, cfg.epochs)]),
+    )
+    grid = tuner.fit()
+    rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs)
+    write_results(rows, out, metric)
+    return rows
+
+
+def collect_rows(grid, metric: str, mode: str, epochs: int) -> list[dict]:
+    rows = []
+    for result in grid:
+        config = result.config or {}
+        history = result.metrics_dataframe
+        values = list(history[metric]) if history is not None and metric in history else []
+        values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        last = result.metrics or {}
+        best = (max(values) if mode == "max" else min(values)) if values else float("nan")
+        rows.append({
+            "trial": Path(result.path).name if result.path else "",
+            "ratio": config.get("ratio"), "lr": config.get("lr"), "total": config.get("total"),
+            "epochs_done": int(last.get("epoch", 0) or 0), "epochs_planned": epochs,
+            "stopped_early": int(last.get("epoch", 0) or 0) < epochs and result.error is None,
+            f"{metric}_last": last.get(metric, float("nan")), f"{metric}_best": best,
+            "val_loss_last": last.get("val_loss", float("nan")),
+            "error": (str(result.error).strip().splitlines() or [""])[-1] if result.error else "",
+        })
+    return sorted(rows, key=lambda r: (r["ratio"], r["lr"]))
+
+
+def write_results(rows: list[dict], out: Path, metric: str) -> None:
+    if not rows:
+        return
+    with (out / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cols = ["ratio", "lr", "epochs_done", "stopped_early", f"{metric}_best", f"{metric}_last", "val_loss_last"]
+    lines = [f"# Ray Tune: synthetic ratio x lr ({metric})", "",
+             "ratio = fraction of synthetic pairs in a training set of fixed size (total "
+             f"{rows[0]['total']}); validation on the same held-out pairs for every trial.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot_ratio(rows, out / "ratio.png", metric)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def plot_ratio(rows: list[dict], path: Path, metric: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for lr in sorted({r["lr"] for r in rows}):
+        pts = sorted((r["ratio"], r[f"{metric}_best"]) for r in rows if r["lr"] == lr)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"lr {lr:g}")
+        for r in rows:
+            if r["lr"] == lr and r["stopped_early"]:
+                ax.annotate("ASHA stop", (r["ratio"], r[f"{metric}_best"]), fontsize=7)
+    ax.set(xlabel="synthetic fraction of the training set", ylabel=f"best {metric}", title="mixing ratio sweep")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
