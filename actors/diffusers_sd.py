@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from engine.core.errors import UserError
+from engine.core.gate import call_isolating
 from engine.images.pipeline import (ImageBackend, empty_output, encode_result, finish_output, reject_row,
                                     row_reason, stage_settings)
 
@@ -209,19 +210,12 @@ class DiffusersStage(ImageBackend):
         step = self.micro_batch or max(len(todo), 1)
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
-            try:
-                images = self.generate([c[2] for c in chunk], [c[1] for c in chunk])
-            except Exception:  # noqa: BLE001 - isolate: retry row by row, reject only the failures
-                images = []
-                for c in chunk:
-                    try:
-                        images.extend(self.generate([c[2]], [c[1]]))
-                    except Exception as exc:  # noqa: BLE001
-                        images.append(exc)
-            for (i, seed, prompt, n_tok, cut), img in zip(chunk, images):
+            images, failures = call_isolating(lambda rows: self.generate([r[2] for r in rows], [r[1] for r in rows]),
+                                              chunk)
+            for (i, seed, prompt, n_tok, cut), img, exc in zip(chunk, images, failures):
                 prov = self._provenance(seed, prompt, n_tok, cut)
-                if isinstance(img, Exception):
-                    results[i] = (None, row_reason("diffusers", "error", f"{type(img).__name__}: {img}"), prov)
+                if exc is not None:
+                    results[i] = (None, row_reason("diffusers", "error", f"{type(exc).__name__}: {exc}"), prov)
                 else:
                     results[i] = (img, None, prov)
 

@@ -17,6 +17,7 @@ import numpy as np
 from engine.text.entities import ENTITY_TYPES, dedupe
 from engine.core.errors import ConfigError, UserError
 from engine.text.lexicon_extractor import split_sentences, stage_call
+from engine.text.sections import normalise_entity_text
 
 _WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
 
@@ -75,16 +76,10 @@ def decode_bio(tags: Sequence[tuple[str, Optional[str]]]) -> list[tuple[int, int
     return spans
 
 
-def normalise_entity(text: str) -> str:
-    text = re.sub(r"\s+", " ", text.lower())
-    text = re.sub(r"\s*([-/'’])\s*", r"\1", text)  # "air - space" -> "air-space"
-    return text.strip(" \t.,;:!?()[]\"'")
-
-
 def spans_to_entities(words: Sequence[str], spans: Sequence[tuple[int, int, str]]) -> list[dict]:
     out = []
     for start, end, etype in spans:
-        text = normalise_entity(" ".join(words[start:end]))
+        text = normalise_entity_text(" ".join(words[start:end]))
         if text:
             out.append({"text": text, "type": etype})
     return out

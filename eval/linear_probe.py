@@ -13,6 +13,18 @@ from eval.zero_shot import summarise
 FRACTIONS = (0.01, 0.1, 1.0)
 
 
+class _one_thread:
+    """A linear layer's steps are microseconds of work: extra intra-op threads only add
+    synchronisation (90 ms against 1.6 ms a step measured on a loaded 2-core machine)."""
+
+    def __enter__(self):
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
+
+
 @torch.no_grad()
 def pooled_features(model, images, batch_size: int = 64) -> np.ndarray:
     """[N, C] pooled image features of the frozen encoder (before the projection head)."""
@@ -36,15 +48,25 @@ def _loss(logits, y, kind):
     return F.binary_cross_entropy_with_logits(logits, y)
 
 
-def fit_linear(train_x, train_y, valid_x, valid_y, kind: str, lr: float = 5e-4, max_epochs: int = 300,
-               patience: int = 20, batch_size: int = 256, seed: int = 0) -> tuple[torch.nn.Linear, dict]:
+def fit_linear(train_x, train_y, valid_x, valid_y, kind: str, lr: float = 5e-4, max_epochs: int = 500,
+               patience: int = 20, batch_size: int = 32, seed: int = 0) -> tuple[torch.nn.Linear, dict]:
     """One linear layer; stops when the validation loss has not improved for `patience` epochs and
-    keeps the best epoch's weights. Features are standardised by the training subset's statistics."""
+    keeps the best epoch's weights. Features are standardised by the training subset's statistics
+    and the layer starts at zero, so the learned direction carries no noise of a random start.
+    At lr 5e-4 Adam moves a weight about lr per step: small training sets need hundreds of epochs,
+    hence the epoch bound; the validation loss decides when to stop."""
+    with _one_thread():
+        return _fit(train_x, train_y, valid_x, valid_y, kind, lr, max_epochs, patience, batch_size, seed)
+
+
+def _fit(train_x, train_y, valid_x, valid_y, kind, lr, max_epochs, patience, batch_size, seed):
     torch.manual_seed(seed)
-    xt, yt = torch.as_tensor(train_x, dtype=torch.float32), torch.as_tensor(train_y, dtype=torch.float32)
-    xv, yv = torch.as_tensor(valid_x, dtype=torch.float32), torch.as_tensor(valid_y, dtype=torch.float32)
+    xt, yt = torch.tensor(np.asarray(train_x), dtype=torch.float32), torch.tensor(np.asarray(train_y), dtype=torch.float32)
+    xv, yv = torch.tensor(np.asarray(valid_x), dtype=torch.float32), torch.tensor(np.asarray(valid_y), dtype=torch.float32)
     mean, std = xt.mean(0, keepdim=True), xt.std(0, keepdim=True, unbiased=False).clamp_min(1e-6)
     layer = torch.nn.Linear(xt.shape[1], yt.shape[1])
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
     opt = torch.optim.AdamW(layer.parameters(), lr=lr)
     best, best_state, since, epoch = float("inf"), None, 0, 0
     gen = torch.Generator().manual_seed(seed)

@@ -2,7 +2,7 @@
 every stage's request fits a node type (pure placement rules, configs, and the CLI's refusals)."""
 from __future__ import annotations
 
-import copy
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,7 @@ def cluster_raw() -> dict:
 
 def test_cluster_yaml_passes_rays_own_validation_offline():
     prepared = validate_with_ray(cluster_raw(), "cluster.yaml")
+    assert "boto3" not in sys.modules and "botocore" not in sys.modules  # no cloud SDK, no call
     nodes = {n.name: n for n in node_types(prepared)}
     assert nodes["head"].is_head and nodes["head"].resources == {"CPU": 0}
     groups = {g: [n for n in nodes.values() if g in n.resources]
@@ -89,7 +90,8 @@ def test_open_dashboard_missing_token_and_unpinned_setup_are_named():
 def test_pinned_or_constrained_installs_pass():
     raw = cluster_raw()
     raw["setup_commands"] = ["pip install -U pip", "pip install -c ~/syncxr/deploy/constraints.txt '~/syncxr[gpu]'",
-                             "pip install vllm==0.33.0 && pip install ./wheel.whl"]
+                             "pip install vllm==0.33.0 && pip install ./wheel.whl",
+                             "pip install 'syncxr[gpu] @ git+https://example.org/syncxr@v0.1.0'"]
     assert security_problems(raw, "c.yaml") == []
 
 

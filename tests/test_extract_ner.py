@@ -10,11 +10,12 @@ from engine.core.config import CorpusConfig, ExtractorConfig
 from engine.text.corpora import load_corpus
 from engine.text.entities import ENTITY_TYPES, build_extractor
 from engine.core.errors import ConfigError, UserError
+from engine.text.sections import normalise_entity_text
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from actors.ner import (decode_bio, normalise_entity, pack_windows, parse_labels, spans_to_entities,  # noqa: E402
+from actors.ner import (decode_bio, pack_windows, parse_labels, spans_to_entities,  # noqa: E402
                         split_words, word_labels)
 
 BIO_LABELS = ["O"] + [f"{p}-{t}" for t in ENTITY_TYPES for p in ("B", "I")]  # the 11 RaTE-NER labels
@@ -82,8 +83,8 @@ def test_pack_windows():
 def test_span_text_normalisation():
     assert split_words("Air-space disease, right-sided (mild).") == [
         "Air-space", "disease", ",", "right-sided", "(", "mild", ")", "."]
-    assert normalise_entity("  Pleural   Effusion. ") == "pleural effusion"
-    assert normalise_entity("air - space") == "air-space"
+    assert normalise_entity_text("  Pleural   Effusion. ") == "pleural effusion"
+    assert normalise_entity_text("air - space") == "air-space"
     assert spans_to_entities([".", ","], [(0, 2, "ANATOMY")]) == []  # punctuation-only spans vanish
 
 

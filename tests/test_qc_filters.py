@@ -12,8 +12,9 @@ from engine.qc.filters import (greedy_keep, near_duplicates, privacy_filter, ref
                                unit_vectors)
 
 EXACT = IndexConfig()
-IVF = IndexConfig(exact_max=10, kind="ivf", nlist=8, nprobe=8)
-HNSW = IndexConfig(exact_max=10, kind="hnsw")
+IVF = IndexConfig(exact_max=10, kind="ivf", nlist=8, nprobe=8, dedup_method="index")
+HNSW = IndexConfig(exact_max=10, kind="hnsw", dedup_method="index")
+CLUSTER = IndexConfig(exact_max=10, dedup_cells=8, dedup_train_per_cell=16)  # the default above exact_max
 
 
 def unit(rows):
@@ -143,11 +144,13 @@ def test_empty_input_is_fine():
     assert res.keep.size == 0 and res.pairs == 0
 
 
-@pytest.mark.parametrize("cfg", [EXACT, IVF, HNSW], ids=["exact", "ivf", "hnsw"])
-def test_same_kept_set_for_any_input_order(cfg):
+@pytest.mark.parametrize("cfg, method", [(EXACT, "flat"), (IVF, "ivf"), (HNSW, "hnsw"), (CLUSTER, "cluster")],
+                         ids=["exact", "ivf", "hnsw", "cluster"])
+def test_same_kept_set_for_any_input_order(cfg, method):
     x = planted()
     ids = [f"id{i:04d}" for i in range(len(x))]
     ref = near_duplicates(x, ids, 0.97, cfg)
+    assert ref.method == method
     kept_ref = {ids[i] for i in np.flatnonzero(ref.keep)}
     assert len(kept_ref) == len(x) - 40 * 2
     rng = np.random.default_rng(11)

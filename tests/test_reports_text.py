@@ -6,7 +6,8 @@ import pytest
 from engine.core.errors import ConfigError, UserError
 from engine.reports.prompts import load_prompt, render_messages
 from engine.reports.parse import parse_report
-from engine.reports.qc import choose_candidates, compare_entities, normalise
+from engine.reports.qc import choose_candidates, compare_entities
+from engine.text.sections import normalise_entity_text as normalise
 
 PROMPT = "configs/prompts/report_v1.yaml"
 

@@ -21,7 +21,8 @@ import yaml
 
 from engine.core.config import load_config
 from engine.core.errors import UserError
-from engine.synth.finalize import funnel, reason_kind, scan_staging, stage_of
+from engine.core.status import RowStatus
+from engine.synth.finalize import funnel, scan_staging
 from engine.synth.run import RoundTally, RunStopped, check_error_budget
 from engine.synth.round import ALL_COLUMNS, check_stage_resources, fixed_columns, gate_dataset_judge, \
     global_decisions
@@ -69,10 +70,17 @@ def test_global_dedup_never_undoes_an_earlier_round():
 
 
 def test_reason_helpers_and_funnel():
-    assert stage_of("phantom: error: RuntimeError: x", "phantom") == "images"
-    assert stage_of("judge: lateral", "phantom") == "judge"
-    assert reason_kind("reports: candidate 1: missing: effusion (ABNORMALITY)") == "reports: missing"
-    assert reason_kind("dedup: cosine 0.990 > 0.97 to r0-1") == "dedup"
+    images = {"phantom": "images"}
+    assert RowStatus.parse("phantom: error: RuntimeError: x", images) == RowStatus("images", "error", "RuntimeError: x")
+    assert RowStatus.parse("judge: lateral", images).stage == "judge"
+    status = RowStatus.parse("reports: candidate 1: missing: effusion (ABNORMALITY)")
+    assert (status.stage, status.kind, status.detail, status.key()) == ("reports", "missing", "effusion (ABNORMALITY)",
+                                                                     "reports: missing")
+    assert RowStatus.parse("dedup: cosine 0.990 > 0.97 to r0-1").key() == "dedup"
+    assert RowStatus.parse("candidate 2: extra: x", default_stage="reports").key(with_stage=False) == "extra"
+    for text in ("diffusers: skipped: empty impression (no prompt)", "judge: lateral, rotated",
+                 "privacy: cosine 0.991 > 0.97 to real image a/b.png", "reports: candidate 3: missing: edema (DISEASE)"):
+        assert RowStatus.parse(text).text() == text  # the record round-trips to the staged line
 
     class Scan:
         tried = 10

@@ -123,8 +123,10 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_planned_step_count(tmp_pa
     assert steps == list(range(1, 61))  # every step once: the killed attempt's extra ones dropped
     assert [(r["epoch"], r["step"]) for r in recs if r["kind"] == "epoch"] == [(1, 20), (2, 40), (3, 60)]
     # the rerun printed only what it trained: it began at the step after the checkpoint
-    printed = [int(line.split("step ")[1].split("/")[0]) for line in second.stdout.splitlines() if " step " in line]
+    printed = [int(line.split("step ")[1].split("/")[0]) for line in second.stdout.splitlines()
+               if line.startswith("  epoch ")]
     assert printed[0] == saved_step + 1 and printed[-1] == 60
+    assert f"resuming after step {saved_step}" in second.stdout
     summary = json.loads((run / "run.json").read_text())
     assert summary["planned_steps"] == 60 and summary["final"]["step"] == 60
     from train.models import load_model

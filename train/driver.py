@@ -76,9 +76,12 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
+    from train.models import load_config
+
+    load_config(cfg.model.name, cfg.model.overrides or None)  # unknown name: the error lists known ones
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     check_resources(cfg, ray.cluster_resources())
+    run_dir.mkdir(parents=True, exist_ok=True)
     if not verbose:
         ray.data.DataContext.get_current().enable_progress_bars = False
     sources = load_sources(cfg.data, synthetic or cfg.data.synthetic, real or cfg.data.real)

@@ -20,6 +20,7 @@ from train.config import TrainConfig, TuneConfig, load_train_config, merge
 from train.data.mixing import max_total
 
 TUNE_RUN_NAME = "tune"
+TRIAL_DRIVER_CPU = 0.01
 
 
 def trial_train_config(base: dict, ratio: float, lr: float, total: int) -> TrainConfig:
@@ -133,8 +134,9 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     print(f"tune: {len(ratios)} ratios x {len(lrs)} lrs x {tcfg.num_samples}, {total} training pairs each, "
           f"{cfg.epochs} epochs, ASHA {'on' if tcfg.asha.enabled else 'off'} ({metric}, {tcfg.mode})", flush=True)
     tuner = tune.Tuner(
-        # the trial function only drives: its TorchTrainer's workers hold the CPUs
-        tune.with_resources(run_trial, {"cpu": 0}),
+        # the trial function only drives its TorchTrainer, whose workers hold the CPUs (Tune
+        # refuses a trial of zero resources)
+        tune.with_resources(run_trial, {"cpu": TRIAL_DRIVER_CPU}),
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=metric, mode=tcfg.mode, scheduler=scheduler,
                                     max_concurrent_trials=tcfg.max_concurrent_trials, num_samples=tcfg.num_samples),

@@ -21,6 +21,7 @@ from engine.core.yaml_file import read_yaml
 WRITER_CPUS = 0.1  # engine.synth's part writer: one actor on the driver's node
 ENGINE_SECTIONS = {"corpus", "extractor", "plan", "reports", "images", "qc", "engine"}
 TUNE_KEYS = {"train_config", "train", "search", "asha", "max_concurrent_trials", "num_samples"}
+TRAIN_KEYS = {"scaling", "model", "data", "validation", "optim", "checkpoint", "epochs", "log_every_steps"}
 # (where in the engine config, stage name) of every stage with its own `resources`
 STAGE_PATHS = (("reports", "reports"), ("images", "images"), ("qc.embedder", "qc.embedder"), ("qc.judge", "qc.judge"))
 VLLM_BACKENDS = {("reports", "vllm"), ("qc.judge", "mllm")}  # ray.data.llm engines: tp*pp GPUs per replica
@@ -29,7 +30,7 @@ VLLM_BACKENDS = {("reports", "vllm"), ("qc.judge", "mllm")}  # ray.data.llm engi
 def config_kind(raw: dict) -> str:
     if TUNE_KEYS & set(raw):
         return "tune"
-    if "scaling" in raw:
+    if TRAIN_KEYS & set(raw):
         return "train"
     return "engine"
 
@@ -174,7 +175,7 @@ def config_requests(path: str | Path, entrypoint_resources: dict[str, float] | N
         reqs = engine_requests(raw, str(path))
         reqs.append(driver_request(entrypoint_resources or {}, entrypoint_num_cpus, head))
     elif kind == "train":
-        reqs = [scaling_request(raw["scaling"], "train.scaling", f"{path}: scaling")]
+        reqs = [scaling_request(raw.get("scaling") or {}, "train.scaling", f"{path}: scaling")]
     else:
         trials = int(raw.get("max_concurrent_trials", 1))
         reqs = [scaling_request(tune_scaling(raw, path), "tune trial workers", f"{path}: train.scaling", trials)]

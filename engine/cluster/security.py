@@ -48,22 +48,28 @@ def token_problems(config: dict, source: str) -> list[str]:
     return out
 
 
-def _unpinned(requirements: list[str]) -> list[str]:
-    """Requirement words of a `pip install` that name a package without a version."""
+OPTIONS_WITH_VALUE = {"-c", "--constraint", "-r", "--requirement", "-e", "--editable", "-i", "--index-url",
+                      "--extra-index-url", "-f", "--find-links", "-t", "--target"}
+
+
+def _unpinned(words: list[str]) -> list[str]:
+    """Requirement words of a `pip install` that name a package without an exact version
+    (a local path, a wheel, `name==X` and `name @ URL` are pinned)."""
     out = []
-    skip_next = False
-    for word in requirements:
-        if skip_next:
-            skip_next = False
+    i = 0
+    while i < len(words):
+        word = words[i]
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if word in OPTIONS_WITH_VALUE:
+            i += 2
             continue
-        if word in ("-c", "--constraint", "-r", "--requirement", "-e", "--editable", "-i", "--index-url",
-                    "--extra-index-url", "-f", "--find-links"):
-            skip_next = True
+        if nxt == "@":  # PEP 508 direct reference: name @ URL
+            i += 3
             continue
-        if word.startswith("-") or "==" in word or " @ " in word or word.startswith((".", "/", "~")):
-            continue
-        if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[^\]]*\])?([<>!~]=?.*)?$", word):
+        if not (word.startswith(("-", ".", "/", "~", "$")) or "==" in word or word.endswith(".whl")) \
+                and re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[^\]]*\])?([<>!~]=?.*)?$", word):
             out.append(word)
+        i += 1
     return out
 
 

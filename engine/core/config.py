@@ -47,6 +47,8 @@ class StageResources(Section):
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(1, ge=1)
     accelerator_type: Optional[str] = None
+    # custom Ray resources a node group declares (cluster.yaml), e.g. {"diffusion_group": 1}
+    custom: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> "StageResources":

@@ -19,6 +19,29 @@ from engine.core.stage import object_column
 Verdict = Callable[[dict], tuple[np.ndarray, list[Optional[str]]]]
 
 
+def call_isolating(fn: Callable[[list], list], items: list) -> tuple[list, list[Optional[BaseException]]]:
+    """`fn(items)` gives one result per item. When the batch call raises (or returns the wrong
+    count), each item is retried alone, so one bad item costs only itself.
+    Returns (results, errors): results[i] is None where errors[i] holds that item's exception."""
+    if not items:
+        return [], []
+    try:
+        results = list(fn(items))
+        if len(results) != len(items):
+            raise RuntimeError(f"backend returned {len(results)} results for {len(items)} rows")
+        return results, [None] * len(items)
+    except Exception:  # noqa: BLE001 - retried below, item by item
+        results, errors = [], []
+        for item in items:
+            try:
+                results.append(list(fn([item]))[0])
+                errors.append(None)
+            except Exception as exc:  # noqa: BLE001 - this item's failure, nobody else's
+                results.append(None)
+                errors.append(exc)
+        return results, errors
+
+
 def take(batch: dict, index: np.ndarray) -> dict:
     return {k: v[index] for k, v in batch.items()}
 
@@ -50,17 +73,17 @@ class Gated:
 
     def _run_isolating(self, sub: dict) -> tuple[list[Optional[dict]], list[Optional[str]]]:
         """Row by row: (per-row outputs or None, per-row error reasons or None)."""
-        outs, errs = [], []
+        def one_row(index: list[int]) -> list[dict]:
+            out = self.inner(take(sub, np.array(index)))
+            return [{k: v[0] for k, v in out.items()}]
+
         n = len(next(iter(sub.values())))
-        for i in range(n):
-            try:
-                out = self.inner(take(sub, np.array([i])))
-                outs.append({k: v[0] for k, v in out.items()})
-                errs.append(None)
-            except Exception as exc:  # noqa: BLE001 - any failure of one row is that row's rejection
-                outs.append(None)
-                errs.append(error_reason(self.stage, exc))
-        return outs, errs
+        outs, errors = [], []
+        for i in range(n):  # row by row from the start: the whole batch has just failed
+            row, err = call_isolating(one_row, [i])
+            outs.append(row[0])
+            errors.append(error_reason(self.stage, err[0]) if err[0] is not None else None)
+        return outs, errors
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["sample_id"])

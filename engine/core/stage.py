@@ -67,6 +67,8 @@ def map_stage(ds, stage_cls, resources, fn_constructor_kwargs: dict[str, Any] | 
         kwargs["num_gpus"] = resources.num_gpus
     if resources.accelerator_type:
         kwargs["accelerator_type"] = resources.accelerator_type
+    if resources.custom:
+        kwargs["resources"] = dict(resources.custom)
     return ds.map_batches(stage_cls, **kwargs)
 
 

@@ -22,7 +22,9 @@ import pyarrow.parquet as pq
 
 from engine.core.errors import UserError
 from engine.core.registry import Registry
+from engine.core.files import atomic_path
 from engine.core.stage import Backend
+from engine.core.status import RowStatus
 
 IMAGE_BACKENDS = Registry("image")
 IMAGE_BACKENDS.register("phantom", "actors.phantom:PhantomStage")
@@ -125,16 +127,7 @@ def finish_output(out: dict) -> dict:
 def row_reason(backend: str, kind: str, detail: str) -> str:
     """'<backend>: <kind>: <detail>'; kind 'error' counts against engine.max_error_fraction,
     'skipped' is an expected refusal (e.g. an empty impression)."""
-    return f"{backend}: {kind}: {' '.join(str(detail).split())[:300]}"
-
-
-def reason_kind(reason: str) -> str:
-    """'diffusers: skipped: empty impression' -> 'skipped: empty impression'; errors keep only
-    the exception type."""
-    parts = reason.split(": ")
-    if len(parts) >= 3 and parts[1] == "error":
-        return f"error: {parts[2]}"
-    return ": ".join(parts[1:]) if len(parts) > 1 else reason
+    return RowStatus(backend, kind, str(detail)).text()
 
 
 def verdict(out: dict) -> tuple[np.ndarray, list[Optional[str]]]:
@@ -208,7 +201,6 @@ def run_images(cfg, reports_path: str | Path, out_dir: str | Path, limit: Option
     init_ray(cfg.engine)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"images": out_dir / "images.parquet", "rejected": out_dir / "images_rejected.parquet"}
-    tmps = {k: p.with_name(f".{p.name}.tmp") for k, p in paths.items()}
 
     ctx = ray.data.DataContext.get_current()
     keep_order = ctx.execution_options.preserve_order
@@ -222,8 +214,8 @@ def run_images(cfg, reports_path: str | Path, out_dir: str | Path, limit: Option
         if limit:
             ds = ds.limit(limit)
         ds = map_stage(ds, stage_cls, cfg.images.resources, kwargs)
-        with pq.ParquetWriter(tmps["images"], hf_schema()) as good, \
-                pq.ParquetWriter(tmps["rejected"], REJECTED_SCHEMA) as bad:
+        with atomic_path(paths["images"]) as good_tmp, atomic_path(paths["rejected"]) as bad_tmp, \
+                pq.ParquetWriter(good_tmp, hf_schema()) as good, pq.ParquetWriter(bad_tmp, REJECTED_SCHEMA) as bad:
             for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 rows = _rows(table)
                 ok = [r for r in rows if r["ok"]]
@@ -233,17 +225,11 @@ def run_images(cfg, reports_path: str | Path, out_dir: str | Path, limit: Option
                 if no:
                     bad.write_table(pa.Table.from_pylist(no, schema=REJECTED_SCHEMA))
                     for r in no:
-                        key = reason_kind((r["reasons"] or ["?"])[0])
+                        key = RowStatus.parse((r["reasons"] or ["?"])[0]).key(with_stage=False)
                         skipped_reasons[key] = skipped_reasons.get(key, 0) + 1
                 truncated += sum(bool(r["provenance"]["prompt_truncated"]) for r in ok)
                 counts["images"] += len(ok)
                 counts["rejected"] += len(no)
-        for k in paths:
-            tmps[k].replace(paths[k])
-    except Exception:
-        for t in tmps.values():
-            t.unlink(missing_ok=True)
-        raise
     finally:
         ctx.execution_options.preserve_order = keep_order
     seconds = time.time() - start

@@ -9,6 +9,9 @@ strictly greater than the threshold.
   to an earlier *kept* sample exceeds the threshold, and then points at the most similar such
   sample (the earliest on ties). The kept set depends only on the (sample_id, vector) pairs,
   never on input order or batching. A chain a~b~c where only a~b and b~c pass keeps a and c.
+  The pairs come from exact (flat) search up to index.exact_max vectors, above it from
+  cluster-then-compare (engine/qc/cluster_dedup.py; index.dedup_method "cluster", the default)
+  or a threshold search of an IVF/HNSW index ("index"). The walk is the same for all.
 - privacy_filter: reject a sample whose best cosine to any real training image exceeds the
   threshold.
 """
@@ -36,6 +39,7 @@ class DedupResult:
     duplicate_of: list  # sample_id of the kept sample each duplicate matched; None when kept
     similarity: np.ndarray  # float32: cosine to that sample; 0 when kept
     pairs: int  # candidate pairs above the threshold the index found
+    method: str = "flat"  # where the pairs came from: flat | ivf | hnsw | cluster
 
 
 def _row_name(i: int, ids: Optional[Sequence]) -> str:
@@ -163,9 +167,37 @@ def greedy_keep(n: int, i: np.ndarray, j: np.ndarray, sim: np.ndarray):
     return keep, match, match_sim
 
 
+def dedup_method(n: int, cfg, kind: Optional[str] = None) -> str:
+    """How the pairs of n vectors are found: flat | ivf | hnsw | cluster (`kind` overrides)."""
+    if kind:
+        return kind
+    if n <= cfg.exact_max:
+        return "flat"
+    return "cluster" if cfg.dedup_method == "cluster" else cfg.kind
+
+
+def walk_pairs(a: Sequence, b: Sequence, sim) -> dict:
+    """The sample_id-order walk over pairs named by sample_id (a[k], b[k], sim[k]), for callers
+    that hold only the pairs (the distributed path): a row in no pair is kept and changes
+    nothing, so the walk runs over the ids that appear in a pair. Repeats of a pair count once.
+    Returns {duplicate sample_id: (sample_id of the kept sample it matched, cosine)}."""
+    if len(a) == 0:
+        return {}
+    a = np.asarray(a).astype(str)
+    b = np.asarray(b).astype(str)
+    names, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)  # sorted: sample_id order
+    pa, pb = inverse[:len(a)], inverse[len(a):]
+    lo, hi = np.minimum(pa, pb).astype(np.int64), np.maximum(pa, pb).astype(np.int64)
+    key, first = np.unique(lo * len(names) + hi, return_index=True)
+    keep, match, match_sim = greedy_keep(len(names), key // len(names), key % len(names),
+                                         np.asarray(sim, np.float32)[first])
+    return {str(names[p]): (str(names[match[p]]), float(match_sim[p])) for p in np.flatnonzero(~keep)}
+
+
 def near_duplicates(embeddings, sample_ids: Sequence, threshold: float, index_cfg,
                     kind: Optional[str] = None) -> DedupResult:
-    """Global near-duplicate removal in sample_id order (see the module docstring)."""
+    """Global near-duplicate removal in sample_id order (see the module docstring). `kind`
+    (flat, ivf, hnsw, cluster) overrides the size rule."""
     t = _check_threshold(threshold, "near-duplicate removal")
     arr = np.asarray(embeddings)
     if len(sample_ids) != len(arr):
@@ -174,7 +206,13 @@ def near_duplicates(embeddings, sample_ids: Sequence, threshold: float, index_cf
         return DedupResult(np.zeros(0, bool), [], np.zeros(0, np.float32), 0)
     order = _sorted_order(sample_ids)
     unit = unit_vectors(arr, "near-duplicate removal", ids=sample_ids)[order]
-    i, j, sim = candidate_pairs(unit, t, index_cfg, kind=kind)
+    method = dedup_method(len(unit), index_cfg, kind)
+    if method == "cluster":
+        from engine.qc.cluster_dedup import cluster_pairs
+
+        i, j, sim = cluster_pairs(unit, [str(sample_ids[o]) for o in order], t, index_cfg)
+    else:
+        i, j, sim = candidate_pairs(unit, t, index_cfg, kind=method)
     keep_s, match_s, sim_s = greedy_keep(len(unit), i, j, sim)
     keep = np.empty(len(arr), bool)
     keep[order] = keep_s
@@ -183,4 +221,4 @@ def near_duplicates(embeddings, sample_ids: Sequence, threshold: float, index_cf
     dup_of: list = [None] * len(arr)
     for pos in np.flatnonzero(~keep_s):
         dup_of[order[pos]] = str(sample_ids[order[match_s[pos]]])
-    return DedupResult(keep=keep, duplicate_of=dup_of, similarity=sims, pairs=len(i))
+    return DedupResult(keep=keep, duplicate_of=dup_of, similarity=sims, pairs=len(i), method=method)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from engine.text.sections import clean_text, split_sections
+from engine.text.sections import clean_text, split_sections, split_sentences
 
 SECTIONS = ("findings", "impression")
 
@@ -36,10 +36,6 @@ class ParsedReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text or "") if s.strip()]
 
 
 def _is_chatter(line: str) -> bool:

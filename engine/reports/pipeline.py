@@ -23,6 +23,9 @@ from engine.core.ray_session import init_ray
 from engine.core.registry import Registry
 from engine.reports.qc import choose_candidates
 from engine.core.stage import Backend, entity_lists, map_stage, object_column
+from engine.core.files import atomic_path
+from engine.core.gate import call_isolating
+from engine.core.status import RowStatus
 
 REPORT_BACKENDS = Registry("reports")
 REPORT_BACKENDS.register("template", "actors.report_template:TemplateReportWriter")
@@ -119,18 +122,13 @@ class CandidateStage(Backend):
                 for i in range(n)]
         todo = [i for i in range(n) if not errors[i]]
         start = time.perf_counter()
-        try:
-            outs = self.generate([rows[i] for i in todo]) if todo else []
-            if len(outs) != len(todo):
-                raise RuntimeError(f"backend returned {len(outs)} results for {len(todo)} rows")
-            results = dict(zip(todo, outs))
-        except Exception:
-            results = {}
-            for i in todo:
-                try:
-                    results[i] = self.generate([rows[i]])[0]
-                except Exception as exc:
-                    errors[i] = f"generation failed: {short_error(exc)}"
+        outs, failures = call_isolating(self.generate, [rows[i] for i in todo])
+        results = {}
+        for i, out, exc in zip(todo, outs, failures):
+            if exc is not None:
+                errors[i] = f"generation failed: {short_error(exc)}"
+            else:
+                results[i] = out
         for i, (texts, flags) in results.items():
             cands[i], cut[i] = [str(t) for t in texts], [bool(f) for f in flags]
         out = dict(batch)
@@ -230,18 +228,17 @@ class ReportQC:
         cut = [list(c) if c is not None else [] for c in batch.get("truncated", [None] * n)]
         gen_err = [str(e or "") for e in batch.get("gen_error", [""] * n)]
         todo = [i for i in range(n) if not gen_err[i]]
-        try:
-            decided = choose_candidates([ents[i] for i in todo], [cands[i] for i in todo],
-                                        self.extractor.extract, self.tolerance, [cut[i] for i in todo])
-            decisions = dict(zip(todo, decided))
-        except Exception:
-            decisions = {}
-            for i in todo:  # isolate the row the extractor chokes on
-                try:
-                    decisions[i] = choose_candidates([ents[i]], [cands[i]], self.extractor.extract,
-                                                     self.tolerance, [cut[i]])[0]
-                except Exception as exc:
-                    gen_err[i] = f"qc failed: {short_error(exc)}"
+        def decide(index: list[int]) -> list:
+            return choose_candidates([ents[i] for i in index], [cands[i] for i in index],
+                                     self.extractor.extract, self.tolerance, [cut[i] for i in index])
+
+        decided, failures = call_isolating(decide, todo)
+        decisions = {}
+        for i, d, exc in zip(todo, decided, failures):
+            if exc is not None:
+                gen_err[i] = f"qc failed: {short_error(exc)}"
+            else:
+                decisions[i] = d
         findings, impression, accepted, reasons, attempts = [], [], [], [], []
         for i in range(n):
             d = decisions.get(i)
@@ -370,7 +367,6 @@ def run_reports(cfg, plan_path: str | Path, out_dir: str | Path) -> dict:
     init_ray(cfg.engine)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / "reports.parquet"
-    tmp_path = out_dir / ".reports.parquet.tmp"
     ctx = ray.data.DataContext.get_current()
     keep_order = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True  # plan order in, plan order out
@@ -378,7 +374,7 @@ def run_reports(cfg, plan_path: str | Path, out_dir: str | Path) -> dict:
     reasons: dict[str, int] = {}
     try:
         ds = build_report_dataset(cfg, plan_path, prepared)
-        with pq.ParquetWriter(tmp_path, REPORTS_SCHEMA) as writer:
+        with atomic_path(out_path) as tmp_path, pq.ParquetWriter(tmp_path, REPORTS_SCHEMA) as writer:
             for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
                 table = _to_table(batch)
                 writer.write_table(table)
@@ -388,12 +384,8 @@ def run_reports(cfg, plan_path: str | Path, out_dir: str | Path) -> dict:
                 for ok, rs in zip(acc, table.column("reasons").to_pylist()):
                     if not ok:
                         for r in rs:
-                            key = reason_kind(r)
+                            key = RowStatus.parse(r, default_stage="reports").key(with_stage=False)
                             reasons[key] = reasons.get(key, 0) + 1
-        tmp_path.replace(out_path)
-    except Exception:
-        tmp_path.unlink(missing_ok=True)
-        raise
     finally:
         ctx.execution_options.preserve_order = keep_order
     seconds = time.time() - start
@@ -402,8 +394,3 @@ def run_reports(cfg, plan_path: str | Path, out_dir: str | Path) -> dict:
             "backend": cfg.reports.backend, "prompt_version": prepared[2].version,
             "rejection_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
 
-
-def reason_kind(reason: str) -> str:
-    """'candidate 2: missing: pleural effusion (ABNORMALITY)' -> 'missing'."""
-    text = reason.split(": ", 1)[1] if reason.startswith("candidate ") else reason
-    return text.split(":", 1)[0].strip()

@@ -2,26 +2,21 @@
 sampled ones. Pure functions over entity lists; the Ray stage lives in engine/reports/pipeline.py."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from engine.text.entities import flip_polarity
+from engine.text.sections import normalise_entity_text
 from engine.reports.parse import ParsedReport, parse_report
 
 Extract = Callable[[list[str]], list[list[dict]]]
-
-
-def normalise(text: str) -> str:
-    """Case, whitespace and surrounding punctuation do not make a different entity."""
-    return re.sub(r"\s+", " ", str(text)).strip().strip(".,;:!?\"'()[]").strip().lower()
 
 
 def _keys(entities: Sequence[dict]) -> dict[tuple[str, str], str]:
     """(normalised text, type) -> text as first written."""
     out: dict[tuple[str, str], str] = {}
     for e in entities:
-        out.setdefault((normalise(e["text"]), str(e["type"])), str(e["text"]))
+        out.setdefault((normalise_entity_text(e["text"]), str(e["type"])), str(e["text"]))
     return out
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.text.stats import _plt, count_summary, plot_balance
+from engine.core.files import save_figure, write_text
+from engine.text.stats import _plt, count_summary, entity_group, plot_balance
 
 
 def corpus_counts(out: Path, plan: pa.Table) -> tuple[dict, str]:
@@ -20,6 +21,18 @@ def corpus_counts(out: Path, plan: pa.Table) -> tuple[dict, str]:
         return {(a, b): c for a, b, c in zip(*(t.column(x).to_pylist() for x in ("text", "type", "count")))}, "corpus"
     counts = Counter((e["text"], e["type"]) for ents in plan.column("entities").to_pylist() for e in ents)
     return dict(counts), "plan"
+
+
+def balance_rows(reference: dict, ref_name: str, dataset_counts: dict, keys) -> list[list]:
+    """Per group (clinical, anatomy): entities, max/min count and Gini of the reference and the dataset."""
+    rows = []
+    for name, counts in ((ref_name, reference), ("dataset", dataset_counts)):
+        for group in ("clinical", "anatomy"):
+            values = [counts.get(k, 0) for k in keys if entity_group(k) == group and counts.get(k, 0) > 0]
+            summary = count_summary(values) if values else {}
+            rows.append([name, group, summary.get("unique", 0), summary.get("max_min_ratio") or "-",
+                         summary.get("gini", "-")])
+    return rows
 
 
 def plot_funnel(funnel: dict, path: Path) -> Path:
@@ -34,7 +47,7 @@ def plot_funnel(funnel: dict, path: Path) -> Path:
     ax.set_xlabel("attempts (all rounds)")
     ax.set_title("QC funnel")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -48,7 +61,7 @@ def plot_throughput(stats: dict, path: Path) -> Path:
     ax.set_ylabel("rows per busy second (one actor)")
     ax.set_title("per-stage throughput")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -75,7 +88,7 @@ def plot_samples(data_dir: Path, path: Path, n: int = 8) -> Path | None:
         ax.set_title(row["sample_id"], fontsize=8)
         ax.text(0.5, -0.02, textwrap.fill(words, 38), transform=ax.transAxes, ha="center", va="top", fontsize=6.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -99,8 +112,6 @@ def write_datacard(out: Path, manifest: dict, kept_entities: Counter, plan: pa.T
     plot_throughput(manifest["stage_throughput"], plots / "throughput.png")
     grid = plot_samples(out / "data", plots / "samples.png")
     cfg = manifest["config"]
-    ds_summary = count_summary([v for v in dataset_counts.values() if v > 0]) if any(dataset_counts.values()) else {}
-    ref_summary = count_summary([reference[k] for k in planned_keys if reference.get(k)])
     reasons = list(manifest["counts"]["rejected_by_reason"].items())[:12]
     rate = manifest["kept"] / manifest["seconds"]["pipeline"] if manifest["seconds"]["pipeline"] else 0
     text = f"""# SynCXR synthetic dataset
@@ -135,9 +146,11 @@ Every attempt not kept is in `rejected/` with its reasons.
 
 ![balance](plots/balance.png)
 
-{_table(['', 'entities', 'max/min count', 'Gini'], [
-        [ref_name, ref_summary.get('unique', 0), ref_summary.get('max_min_ratio', '-'), ref_summary.get('gini', '-')],
-        ['dataset', ds_summary.get('unique', 0), ds_summary.get('max_min_ratio', '-'), ds_summary.get('gini', '-')]])}
+Counted over the plan vocabulary: the {len(planned_keys)} entities seen at least
+plan.min_count times in the corpus (the corpus itself has more unique entities; `stats.json`
+counts them all). Clinical and anatomy entities are balanced separately, as in `plan_stats.json`.
+
+{_table(['', 'group', 'entities', 'max/min count', 'Gini'], balance_rows(reference, ref_name, dataset_counts, planned_keys))}
 
 ## Quality control
 
@@ -175,7 +188,7 @@ is not included.
 {_limits(cfg)}
 """
     path = out / "DATACARD.md"
-    path.write_text(text)
+    write_text(path, text)
     return path
 
 

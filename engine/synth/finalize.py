@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.core.files import write_json, write_table
+from engine.core.status import RowStatus, status_array
+from engine.synth.layout import RunLayout
 from engine.core.sink import with_hf_features
 from engine.synth.round import BUSY_STAGES, STAGE_ORDER
 
@@ -30,22 +32,6 @@ DATA_COLUMNS = ("sample_id", "entities", "seed", "attempt", "report_attempts", "
 REJECTED_COLUMNS = ("sample_id", "entities", "seed", "attempt", "findings", "impression", "reasons", "provenance")
 VERSIONED = ("syncxr", "ray", "torch", "transformers", "diffusers", "faiss-cpu", "faiss-gpu", "vllm", "pyarrow",
              "numpy", "datasets")
-
-
-def stage_of(reason: str, image_backend: str) -> str:
-    """The pipeline stage a reason belongs to ("phantom: error: ..." -> images)."""
-    head = reason.split(":", 1)[0].strip()
-    return "images" if head in (image_backend, "images") else head
-
-
-def reason_kind(reason: str) -> str:
-    """A reason without its row-specific detail: 'judge: lateral', 'reports: missing', 'dedup'."""
-    parts = [p.strip() for p in reason.split(": ")]
-    if parts[0] in ("dedup", "privacy", "reference"):
-        return parts[0]
-    if len(parts) > 1 and parts[1].startswith("candidate "):
-        parts = [parts[0]] + parts[2:]
-    return ": ".join(parts[:2])[:80]
 
 
 def package_versions() -> dict:
@@ -73,7 +59,7 @@ class _Scan:
 
 
 def _global_qc(round_dir: Path) -> dict[str, tuple[bool, str]]:
-    path = round_dir / "global_qc.parquet"
+    path = RunLayout.global_qc(round_dir)
     if not path.is_file():
         return {}
     t = pq.read_table(path)
@@ -83,12 +69,12 @@ def _global_qc(round_dir: Path) -> dict[str, tuple[bool, str]]:
 def scan_staging(staging: Path, out: Path, image_backend: str) -> _Scan:
     """Locate kept rows, write rejected/ part by part, count reasons and busy time."""
     scan = _Scan()
-    rejected_dir = out / "rejected"
+    rejected_dir = RunLayout(out).rejected
     rejected_dir.mkdir(parents=True, exist_ok=True)
     for old in rejected_dir.glob("*.parquet"):
         old.unlink()
     for round_dir in sorted(staging.glob("round-*")):
-        if not (round_dir / "DONE").is_file():
+        if not RunLayout.done_marker(round_dir).is_file():
             continue  # a round still open (a stopped run) is not part of the dataset yet
         decided = _global_qc(round_dir)
         for i, part in enumerate(sorted(round_dir.glob("part-*.parquet"))):
@@ -118,15 +104,18 @@ def scan_staging(staging: Path, out: Path, image_backend: str) -> _Scan:
                         continue
                     why.append(reason)
                 first = why[0] if why else "rejected"
-                scan.rejected_stage[stage_of(first, image_backend)] += 1
-                scan.rejected_kind[reason_kind(first)] += 1
+                status = RowStatus.parse(first, {image_backend: "images"})
+                scan.rejected_stage[status.stage] += 1
+                scan.rejected_kind[status.key()] += 1
                 rejected_rows.append(row)
                 rejected_reasons.append(why)
             if rejected_rows:
                 t = pq.read_table(part, columns=[c for c in REJECTED_COLUMNS if c in names]).take(rejected_rows)
                 t = t.set_column(t.column_names.index("reasons"), "reasons",
                                  pa.array(rejected_reasons, pa.list_(pa.string())))
-                t = t.append_column("round", pa.array([int(round_dir.name.split("-")[1])] * t.num_rows, pa.int32()))
+                t = t.append_column("status", status_array([r[0] if r else "rejected" for r in rejected_reasons],
+                                                           {image_backend: "images"}))
+                t = t.append_column("round", pa.array([RunLayout.round_number(round_dir)] * t.num_rows, pa.int32()))
                 write_table(t, rejected_dir / f"part-{round_dir.name}-{i:05d}.parquet")
                 scan.rejected_rows += t.num_rows
     return scan
@@ -172,7 +161,7 @@ def sample_table(rows: pa.Table, report_info: dict) -> pa.Table:
 def write_data(scan: _Scan, out: Path, report_info: dict) -> list[str]:
     """data/ and embeddings/ in sample_id order, ROWS_PER_PART rows a part, reading each staged part
     about once (staged parts are roughly in plan order)."""
-    data_dir, emb_dir = out / "data", out / "embeddings"
+    data_dir, emb_dir = RunLayout(out).data, RunLayout(out).embeddings
     for d in (data_dir, emb_dir):
         d.mkdir(parents=True, exist_ok=True)
         for old in d.glob("part-*.parquet"):
@@ -254,7 +243,7 @@ def finalize(cfg, out: Path, plan: pa.Table, staging: Path, rounds: list[dict], 
         "versions": package_versions(),
         "outputs": {"data": "data/", "rejected": "rejected/", "embeddings": "embeddings/", "card": "DATACARD.md"},
     }
-    write_json(out / "manifest.json", manifest)
+    write_json(RunLayout(out).manifest, manifest)
     write_datacard(out, manifest, scan.kept_entities, plan)
     return manifest
 

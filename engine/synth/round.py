@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from engine.core.errors import UserError
 from engine.core.files import write_table
+from engine.synth.layout import RunLayout
 from engine.core.gate import Gated
 from engine.core.sink import PartWriter, read_parts
 from engine.core.stage import map_stage, object_column
@@ -248,7 +249,7 @@ def can_run_inline(cfg, stages: PreparedStages) -> bool:
 
     pools = stage_resources(cfg).values()
     return (issubclass(stages.report_cls, CandidateStage) and not stages.judge_dataset_level
-            and all(r.num_gpus == 0 and not r.accelerator_type for r in pools))
+            and all(r.num_gpus == 0 and not r.accelerator_type and not r.custom for r in pools))
 
 
 def run_round_inline(cfg, stages: PreparedStages, pending: pa.Table, round_dir: Path, prefix: str):
@@ -289,11 +290,11 @@ def build_round_dataset(ray, cfg, stages: PreparedStages, pending: pa.Table, rou
         ds = JUDGES.get(cfg.qc.judge.backend).apply(ds, cfg.qc.judge, keep_columns=list(ALL_COLUMNS))
         ds = ds.map_batches(gate_dataset_judge, batch_format="numpy", num_cpus=WRITER_CPUS)
     # The writer lives on the driver's node: the run directory need not be shared storage.
-    on_driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    on_driver_node = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
     return ds.map_batches(PartWriter, fn_constructor_kwargs={"directory": str(round_dir), "prefix": prefix},
                           batch_size=None, batch_format="numpy", num_cpus=WRITER_CPUS,
                           compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
-                          scheduling_strategy=on_driver_node)
+                          label_selector=on_driver_node)
 
 
 # ---------------------------------------------------------------- global QC between rounds
@@ -304,7 +305,7 @@ def passed_rows(staging: Path, upto_round: int) -> tuple[list[str], list[str], n
     in rounds 0..upto_round. Keys "RR/sample_id" order earlier rounds first."""
     keys, ids, vecs = [], [], []
     for r in range(upto_round + 1):
-        t = read_parts(staging / f"round-{r:02d}", ["sample_id", "ok", "embedding"])
+        t = read_parts(RunLayout(staging.parent).round_dir(r), ["sample_id", "ok", "embedding"])
         if t is None:
             continue
         t = t.filter(t.column("ok"))
@@ -350,8 +351,6 @@ def decide_global_qc(cfg, staging: Path, r: int, privacy_index=None) -> pa.Table
     table = pa.table({"sample_id": pa.array([m[0] for m in mine], pa.string()),
                       "kept": pa.array([m[1] for m in mine], pa.bool_()),
                       "reason": pa.array([m[2] for m in mine], pa.string())})
-    round_dir = staging / f"round-{r:02d}"
-    round_dir.mkdir(parents=True, exist_ok=True)
-    write_table(table, round_dir / "global_qc.parquet")
+    write_table(table, RunLayout.global_qc(RunLayout(staging.parent).round_dir(r)))
     return table
 

@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 from engine.core.errors import UserError
 from engine.plan.sampler import PLAN_SCHEMA
 from engine.core.files import write_json
+from engine.core.status import RowStatus
+from engine.synth.layout import RunLayout
 from engine.core.sink import read_parts
 
-ERROR_MARK = ": error: "
 
 
 class RunStopped(UserError):
@@ -63,8 +64,9 @@ class RoundTally:
             if good or reasons is None or len(reasons) == 0:
                 continue
             first = str(reasons[0])
-            self.rejected_by[first.split(":", 1)[0]] = self.rejected_by.get(first.split(":", 1)[0], 0) + 1
-            if ERROR_MARK in first:
+            status = RowStatus.parse(first)
+            self.rejected_by[status.stage] = self.rejected_by.get(status.stage, 0) + 1
+            if status.kind == "error":
                 self.errors += 1
                 self.first_error = self.first_error or first
         for key, col in batch.items():
@@ -103,7 +105,7 @@ def staged_ids(round_dir: Path) -> set[str]:
 
 def read_or_write_plan(cfg, n: int, out: Path) -> pa.Table:
     """Reuse DIR/plan.parquet (it must have n rows) or write it from the corpus."""
-    path = out / "plan.parquet"
+    path = RunLayout(out).plan
     if path.is_file():
         plan = pq.read_table(path)
         missing = [f.name for f in PLAN_SCHEMA if f.name not in plan.column_names]
@@ -126,7 +128,7 @@ def log(msg: str) -> None:
 
 def check_run_config(cfg, out: Path, n: int) -> None:
     """A directory belongs to one (config, n): resuming with other settings would mix datasets."""
-    path = out / "run.json"
+    path = RunLayout(out).run_json
     mine = {"config_digest": cfg.digest(), "n": n}
     if path.is_file():
         theirs = json.loads(path.read_text())
@@ -138,8 +140,8 @@ def check_run_config(cfg, out: Path, n: int) -> None:
 
 def record_run_config(cfg, out: Path, n: int) -> None:
     """Claim the directory, once the plan is there (a run that failed before has not claimed it)."""
-    if not (out / "run.json").is_file():
-        write_json(out / "run.json", {"config_digest": cfg.digest(), "n": n, "config": cfg.model_dump(mode="json")})
+    if not RunLayout(out).run_json.is_file():
+        write_json(RunLayout(out).run_json, {"config_digest": cfg.digest(), "n": n, "config": cfg.model_dump(mode="json")})
 
 
 def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
@@ -156,21 +158,22 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
     ray = init_ray(cfg.engine, address)
     check_stage_resources(ray, cfg, strict=cluster_address(cfg.engine, address) is None)
     privacy_index = privacy_reference(cfg, embedder_signature(cfg.qc.embedder))
-    staging = out / "staging"
+    layout = RunLayout(out)
+    staging = layout.staging
     kept: set[str] = set()
     rounds = []
     started = time.time()
     for r in range(cfg.engine.max_rounds):
         if len(kept) >= plan.num_rows:
             break
-        round_dir = staging / f"round-{r:02d}"
+        round_dir = layout.round_dir(r)
         t0 = time.time()
-        resumed = (round_dir / "DONE").is_file()
+        resumed = layout.done_marker(round_dir).is_file()
         if not resumed:
             pending = pending_rows(plan, kept | staged_ids(round_dir), r)
             if pending.num_rows:
                 tally = RoundTally()
-                prefix = f"part-r{r:02d}"
+                prefix = layout.part_prefix(r)
                 if r > 0 and pending.num_rows <= cfg.engine.inline_max_rows and can_run_inline(cfg, stages):
                     batches = run_round_inline(cfg, stages, pending, round_dir, prefix)
                 else:
@@ -180,7 +183,7 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
                     tally.add(batch)
                     check_error_budget(tally, cfg.engine.max_error_fraction, staging)
             decide_global_qc(cfg, staging, r, privacy_index)
-            (round_dir / "DONE").touch()
+            layout.done_marker(round_dir).touch()
         summary = round_summary(round_dir, r)
         kept |= summary.pop("kept_ids")
         summary["seconds"] = round(time.time() - t0, 1)
@@ -195,7 +198,8 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
 
 def round_summary(round_dir: Path, r: int) -> dict:
     rows = read_parts(round_dir, ["sample_id", "ok", "reasons"])
-    qc = pq.read_table(round_dir / "global_qc.parquet") if (round_dir / "global_qc.parquet").is_file() else None
+    qc_path = RunLayout.global_qc(round_dir)
+    qc = pq.read_table(qc_path) if qc_path.is_file() else None
     kept_ids = set()
     rejected_by: dict[str, int] = {}
     if qc is not None:
@@ -203,14 +207,14 @@ def round_summary(round_dir: Path, r: int) -> dict:
             if k:
                 kept_ids.add(sid)
             else:
-                key = reason.split(":", 1)[0]
+                key = RowStatus.parse(reason).stage
                 rejected_by[key] = rejected_by.get(key, 0) + 1
     passed = 0
     if rows is not None:
         for ok, reasons in zip(rows.column("ok").to_pylist(), rows.column("reasons").to_pylist()):
             passed += bool(ok)
             if not ok and reasons:
-                key = reasons[0].split(":", 1)[0]
+                key = RowStatus.parse(reasons[0]).stage
                 rejected_by[key] = rejected_by.get(key, 0) + 1
     return {"round": r, "tried": rows.num_rows if rows is not None else 0, "passed_stages": passed,
             "kept": len(kept_ids), "kept_ids": kept_ids, "rejected_by": rejected_by}

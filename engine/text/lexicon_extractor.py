@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from engine.core.gate import call_isolating
+from engine.text.sections import split_sentences as split_clauses
 from engine.text.entities import ANATOMY, flip_polarity
 from engine.text.lexicon import Lexicon, char_span_to_tokens, compile_pattern, load_lexicon, token_starts, tokenize
 
@@ -109,13 +111,9 @@ _HYPO_STOP_RE = re.compile(r"(?<![a-z0-9])(?:" + "|".join(f"(?:{p})" for p in _H
 _FWD_RE = re.compile(r"(?<![a-z0-9])(?:" + "|".join(f"(?:{p})" for p in _FORWARD_STOPS) + r")(?![a-z0-9])")
 _BWD_RE = re.compile(r"(?<![a-z0-9])(?:" + "|".join(f"(?:{p})" for p in _BACKWARD_STOPS) + r")(?![a-z0-9])")
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=\S)|\n+")
-
-
 def split_sentences(text: str) -> list[str]:
-    """Sentences (and ;-clauses) of a report, whitespace-trimmed, empties dropped. A period
-    inside a number ("1.4 cm") does not split."""
-    return [s.strip() for s in _SENTENCE_END.split(text or "") if s and s.strip()]
+    """Sentences and ;-clauses: the units negation scope is read in."""
+    return split_clauses(text, clauses=True)
 
 
 def _spans(regex: re.Pattern, joined: str, starts: list[int]) -> list[tuple[int, int]]:
@@ -290,15 +288,12 @@ def stage_call(extract, batch: dict) -> dict:
             good.append(i)
         else:
             errors[i] = f"text must be a string, got {type(v).__name__}"
-    try:
-        for i, ents in zip(good, extract([values[i] or "" for i in good])):
+    found, failures = call_isolating(extract, [values[i] or "" for i in good])
+    for i, ents, exc in zip(good, found, failures):
+        if exc is not None:
+            errors[i] = f"extraction failed: {type(exc).__name__}: {exc}"
+        else:
             entities[i] = ents
-    except Exception:
-        for i in good:  # isolate the row the extractor chokes on
-            try:
-                entities[i] = extract([values[i] or ""])[0]
-            except Exception as exc:
-                errors[i] = f"extraction failed: {type(exc).__name__}: {exc}"
     out = dict(batch)
     out["entities"] = object_column(entities)
     out["extract_error"] = object_column(errors)

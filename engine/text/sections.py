@@ -58,3 +58,23 @@ def split_sections(text: str) -> dict[str, str]:
         if body:
             out[name] = f"{out[name]} {body}".strip() if name in out else body
     return out
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_CLAUSE_END = re.compile(r"(?<=[.!?;])\s+(?=\S)|\n+")
+
+
+def split_sentences(text: str, clauses: bool = False) -> list[str]:
+    """Sentences of a report, whitespace-trimmed, empties dropped; a period inside a number
+    ("1.4 cm") does not split. `clauses=True` also splits at ';' and line breaks (what entity
+    extraction reads one at a time)."""
+    pattern = _CLAUSE_END if clauses else _SENTENCE_END
+    return [s.strip() for s in pattern.split(text or "") if s and s.strip()]
+
+
+def normalise_entity_text(text: str) -> str:
+    """One spelling per entity: lower case, folded whitespace, no space around '-', '/' or an
+    apostrophe ("air - space" -> "air-space"), no surrounding punctuation."""
+    text = re.sub(r"\s+", " ", str(text).lower())
+    text = re.sub(r"\s*([-/'’])\s*", r"\1", text)
+    return text.strip(" \t.,;:!?()[]\"'")

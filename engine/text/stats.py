@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from engine.core.files import save_figure
 from engine.text.entities import ENTITY_TYPES
 
 
@@ -80,13 +81,29 @@ def plot_rank_frequency(table: pa.Table, path: Path, title: str = "Entity rank-f
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
 
+def entity_group(key) -> str:
+    """'anatomy' or 'clinical' for an entity key (text, type): the plan balances each on its own."""
+    return "anatomy" if isinstance(key, tuple) and key[1] == "ANATOMY" else "clinical"
+
+
+def group_ratios(counts: dict, keys) -> str:
+    """Max/min count per group, as the plan's stats table gives them: 'clinical 1.02, anatomy 1.03'."""
+    parts = []
+    for group in ("clinical", "anatomy"):
+        x = np.array([counts[k] for k in keys if entity_group(k) == group and counts[k] > 0], dtype=float)
+        if x.size:
+            parts.append(f"{group} {x.max() / x.min():.2f}")
+    return ", ".join(parts)
+
+
 def plot_balance(corpus_counts: dict, plan_counts: dict, path: Path, title: str, label: str = "plan") -> Path:
-    """Share of mentions per entity, ordered by corpus frequency: corpus vs. plan (or dataset)."""
+    """Share of mentions per entity, ordered by corpus frequency: corpus vs. plan (or dataset).
+    The legend gives max/min per group (clinical, anatomy): the cap balances each group separately."""
     plt = _plt()
     keys = sorted(set(corpus_counts) & set(plan_counts), key=lambda k: -corpus_counts[k])
     c = np.array([corpus_counts[k] for k in keys], dtype=float)
@@ -94,15 +111,15 @@ def plot_balance(corpus_counts: dict, plan_counts: dict, path: Path, title: str,
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if keys:
         ranks = np.arange(1, len(keys) + 1)
-        ax.semilogy(ranks, c / c.sum(), lw=1.5, label=f"corpus (max/min {c.max() / max(c.min(), 1):.0f})")
-        ax.semilogy(ranks, p / p.sum(), lw=1.5, label=f"{label} (max/min {p.max() / max(p.min(), 1):.2f})")
-    ax.set_xlabel("entity, ranked by corpus frequency")
+        ax.semilogy(ranks, c / c.sum(), lw=1.5, label=f"corpus (max/min {group_ratios(corpus_counts, keys)})")
+        ax.semilogy(ranks, p / max(p.sum(), 1), lw=1.5, label=f"{label} (max/min {group_ratios(plan_counts, keys)})")
+    ax.set_xlabel(f"entity of the plan vocabulary ({len(keys)}), ranked by corpus frequency")
     ax.set_ylabel("share of mentions")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

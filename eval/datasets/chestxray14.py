@@ -5,6 +5,8 @@ Images: --imgpath holds the PNGs by name (00000001_000.png), or the published im
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +19,8 @@ CLASSES = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "N
 SEED = 0
 
 
-def build(n: int | None = None, seed: int = SEED) -> EvalSet:
+@lru_cache(maxsize=2)
+def _table(seed: int) -> pd.DataFrame:
     csv = pd.read_csv(shipped_file("Data_Entry_2017_v2020.csv.gz"))
     csv = csv[csv["View Position"].isin(["PA", "AP"])]
     findings = csv["Finding Labels"].fillna("").str.split("|")
@@ -27,6 +30,11 @@ def build(n: int | None = None, seed: int = SEED) -> EvalSet:
                           "view": csv["View Position"].to_numpy()})
     for cls in CLASSES:
         table[cls] = findings.apply(lambda labels, c=cls: int(c in labels)).to_numpy()
+    return table
+
+
+def build(n: int | None = None, seed: int = SEED) -> EvalSet:
+    table = _table(seed).copy()
     return EvalSet("chestxray14", list(CLASSES), "multilabel", subsample(table, n, seed),
                    layout="the PNGs by name (IMGPATH/00000001_000.png), or IMGPATH/images_NNN/images/NAME.png",
                    locate=locate, notes={"source": "torchxrayvision Data_Entry_2017_v2020.csv.gz", "seed": seed})

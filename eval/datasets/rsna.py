@@ -4,6 +4,8 @@ patientId, label Pneumonia = Target, boxes [x, y, w, h] in the 1024x1024 DICOM f
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import json
 
 import pandas as pd
@@ -15,7 +17,8 @@ SIZE = 1024  # every RSNA image is 1024 x 1024
 SEED = 0
 
 
-def build(n: int | None = None, seed: int = SEED) -> EvalSet:
+@lru_cache(maxsize=2)
+def _table(seed: int) -> pd.DataFrame:
     csv = pd.read_csv(shipped_file("kaggle_stage_2_train_labels.csv.zip"))
     pos = csv[(csv["Target"] == 1) & csv["x"].notna()]
     boxes = {pid: json.dumps(g[["x", "y", "width", "height"]].astype(float).values.tolist())
@@ -25,6 +28,11 @@ def build(n: int | None = None, seed: int = SEED) -> EvalSet:
                           "Pneumonia": target.to_numpy().astype(int),
                           "boxes": [boxes.get(pid, "[]") for pid in target.index], "height": SIZE, "width": SIZE})
     table.insert(1, "split", split_by_group(table["patient"], seed).to_numpy())
+    return table
+
+
+def build(n: int | None = None, seed: int = SEED) -> EvalSet:
+    table = _table(seed).copy()
     return EvalSet("rsna-pneumonia", list(CLASSES), "multilabel", subsample(table, n, seed),
                    layout="IMGPATH/<patientId>.dcm (the stage_2_train_images folder)",
                    target="Pneumonia", localisation="boxes",

@@ -5,6 +5,8 @@ Images: <ImageId>.dcm anywhere under IMGPATH (the published dicom-images-train/<
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import json
 from pathlib import Path
 from typing import Optional
@@ -18,7 +20,8 @@ SIZE = 1024
 SEED = 0
 
 
-def build(n: int | None = None, seed: int = SEED) -> EvalSet:
+@lru_cache(maxsize=2)
+def _table(seed: int) -> pd.DataFrame:
     csv = pd.read_csv(shipped_file("siim-pneumothorax-train-rle.csv.gz"), skipinitialspace=True)
     csv.columns = [c.strip() for c in csv.columns]
     rows = []
@@ -28,6 +31,11 @@ def build(n: int | None = None, seed: int = SEED) -> EvalSet:
                      "mask_rle": json.dumps(codes), "height": SIZE, "width": SIZE})
     table = pd.DataFrame(rows)
     table.insert(1, "split", split_by_group(table["image_id"], seed).to_numpy())
+    return table
+
+
+def build(n: int | None = None, seed: int = SEED) -> EvalSet:
+    table = _table(seed).copy()
     return EvalSet("siim-pneumothorax", list(CLASSES), "multilabel", subsample(table, n, seed),
                    layout="<ImageId>.dcm anywhere under IMGPATH (dicom-images-train/<study>/<series>/)",
                    target="Pneumothorax", localisation="rle", locate=locate,

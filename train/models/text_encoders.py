@@ -59,6 +59,8 @@ class TextEncoder(nn.Module):
                                 num_attention_heads=int(spec["num_attention_heads"]),
                                 intermediate_size=int(spec["intermediate_size"]),
                                 max_position_embeddings=max(int(max_tokens), 32),
+                                hidden_dropout_prob=float(spec["dropout"]),
+                                attention_probs_dropout_prob=float(spec["dropout"]),
                                 pad_token_id=self.tokenizer.pad_token_id)
             self.model = BertModel(config, add_pooling_layer=False)
         else:

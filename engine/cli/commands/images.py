@@ -10,7 +10,8 @@ from engine.core.errors import UserError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("images", help="draw a chest X-ray per accepted report (images.parquet)")
+    p = sub.add_parser("images", help="draw a chest X-ray per accepted report (images.parquet)",
+                       description='Draws one image per accepted report of a reports.parquet (or per plan row for the phantom) with the configured image backend. Writes OUT/images.parquet (sample_id, image PNG, masks, provenance), OUT/images_rejected.parquet (rows with reasons) and OUT/images_summary.json.')
     p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
     p.add_argument("--reports", required=True, help="reports.parquet from `syncxr reports` (a plan.parquet works for phantom)")
     p.add_argument("--out", required=True, help="output directory")
@@ -20,7 +21,8 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
     p.set_defaults(func=run_images_command)
 
-    q = sub.add_parser("phantom", help="draw one phantom CXR from an entity list")
+    q = sub.add_parser("phantom", help="draw one phantom CXR from an entity list",
+                       description='Draws one entity-conditioned phantom chest X-ray (no weights) and writes it as a PNG, with one PNG mask per drawn finding beside it; prints the provenance and masks as JSON.')
     q.add_argument("--entities", required=True,
                    help='JSON list, e.g. \'[{"text": "pleural effusion", "type": "ABNORMALITY"}, '
                         '{"text": "left lung base", "type": "ANATOMY"}]\'')

@@ -9,7 +9,8 @@ from engine.text.vocabulary import read_entity_table
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plan", help="sample a balanced entity plan (plan.parquet)")
+    p = sub.add_parser("plan", help="sample a balanced entity plan (plan.parquet)",
+                       description='Samples N entity sets in a balanced way (k clinical + m anatomy entities each, a global cap per entity, no contradictory pairs). Writes OUT/plan.parquet (sample_id, entities, seed), OUT/plan_stats.json and OUT/plan_balance.png; prints the balance table.')
     p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
     p.add_argument("--n", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output directory")

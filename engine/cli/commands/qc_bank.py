@@ -20,7 +20,8 @@ from engine.core.errors import UserError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("qc-bank", help="build the bank of problematic reference images for image QC")
+    p = sub.add_parser("qc-bank", help="build the bank of problematic reference images for image QC",
+                       description="Judges a set of images, keeps the problematic ones (or all, with --keep all), embeds them and writes the bank the reference (or privacy) filter compares synthetic images against: OUT/embeddings.npy, OUT/index.faiss, OUT/metadata.json. Prints the judge's counts per flag.")
     p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
     p.add_argument("--images", required=True, help="a directory of PNG/JPEG files or an images.parquet")
     p.add_argument("--out", required=True, help="bank directory to write")

@@ -9,7 +9,8 @@ from engine.core.config import load_config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("reports", help="write and QC a report per plan row (reports.parquet)")
+    p = sub.add_parser("reports", help="write and QC a report per plan row (reports.parquet)",
+                       description='Writes candidate reports for every plan row with the configured writer, re-extracts their entities and keeps the first candidate whose entities equal the sampled ones. Writes OUT/reports.parquet (every row, accepted or not, with reasons) and OUT/reports_summary.json.')
     p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
     p.add_argument("--plan", required=True, help="plan.parquet written by `syncxr plan`")
     p.add_argument("--out", required=True, help="output directory")

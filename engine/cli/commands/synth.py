@@ -7,12 +7,14 @@ from engine.core.config import load_config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("synth", help="plan -> reports -> images -> QC -> dataset, in rounds, resumable")
+    p = sub.add_parser("synth", help="plan -> reports -> images -> QC -> dataset, in rounds, resumable",
+                       description='The whole engine: plans N samples, then in rounds writes reports, checks them, draws images, judges and embeds them, filters against the QC bank, removes near-duplicates and images too close to real training images, and regenerates what was rejected, up to engine.max_rounds. Writes OUT/data/ (the published dataset, format syncxr-dataset/1), OUT/rejected/, OUT/embeddings/, OUT/manifest.json and OUT/DATACARD.md with plots. Kill it at any moment and rerun the same command: it resumes.')
     p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
     p.add_argument("--n", type=int, required=True, help="number of samples to plan and synthesize")
     p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("--address", default=None,
                    help="Ray address of an existing cluster (default: engine.address, RAY_ADDRESS, else an embedded Ray)")
+    p.exit_codes = {3: "the run ended with fewer samples than planned (max_rounds reached, or an error budget)"}
     p.set_defaults(func=run)
 
 

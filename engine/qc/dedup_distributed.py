@@ -1,0 +1,214 @@
+"""Cluster-then-compare near-duplicate removal as Ray Data operations: the embeddings never
+gather on the driver.
+
+    rows (sample_id, embedding)
+      -> map_batches: keep the hash-chosen training rows      -> one task: fit the cells (k-means)
+      -> map_batches: each row to its m cells (cell, sample_id, embedding), centroids broadcast
+      -> groupby(cell).map_groups: all pairs above the threshold inside each cell (GPU when present)
+      -> driver: the pair list (small) through the sample_id-order walk
+      -> map_batches: (sample_id, kept, duplicate_of, similarity), the duplicates broadcast
+
+The steps are the functions of engine/qc/cluster_dedup.py that the in-process path runs. Nothing
+depends on how the rows are split into blocks: the training rows are chosen by a hash of their
+sample_id and sorted before k-means, a row's cells depend on its vector alone, each cell is sorted
+by sample_id before its pairs are found, pair cosines are re-scored one pair at a time, and the
+walk runs in sample_id order. Only the centroids (cells x p floats) and the pair list travel
+through the driver.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from engine.core.errors import UserError
+from engine.qc.cluster_dedup import (CellModel, assign_cells, cell_pairs, default_cells, fit_cells, sample_fraction,
+                                     sample_mask, _torch_device)
+from engine.qc.filters import _check_threshold, unit_vectors, walk_pairs
+
+ID, EMB = "sample_id", "embedding"
+
+
+def batch_vectors(batch: dict, what: str = "near-duplicate removal") -> tuple[np.ndarray, np.ndarray]:
+    """(sample_ids as str, unit float32 vectors) of a numpy batch; a tensor column arrives 2-d, a
+    list column as an object array of rows."""
+    ids = np.asarray(batch[ID]).astype(str)
+    emb = batch[EMB]
+    if isinstance(emb, np.ndarray) and emb.dtype == object:
+        if any(v is None for v in emb):
+            i = next(k for k, v in enumerate(emb) if v is None)
+            raise UserError(f"{what}: sample_id {ids[i]!r} has a null embedding")
+        lens = {len(v) for v in emb}
+        if len(lens) > 1:
+            raise UserError(f"{what}: embeddings have different lengths {sorted(lens)[:4]}")
+        emb = np.stack([np.asarray(v, np.float32) for v in emb]) if len(emb) else np.zeros((0, 0), np.float32)
+    emb = np.asarray(emb, dtype=np.float32).reshape(len(ids), -1)
+    try:
+        return ids, unit_vectors(emb, what, ids=ids.tolist())
+    except UserError as exc:  # a row number inside a block means nothing to the user: name the id
+        raise UserError(re.sub(r"row \d+ \((sample_id '[^']*')\)", r"\1", str(exc))) from None
+
+
+def sample_rows(batch: dict, fraction: float) -> dict:
+    """map_batches: the rows of the k-means training sample (hash of sample_id below a cut)."""
+    ids, vecs = batch_vectors(batch)
+    keep = sample_mask(ids, fraction)
+    return {ID: ids[keep], EMB: vecs[keep]}
+
+
+def fit_from_blocks(cells: int, cfg_dict: dict, *blocks) -> CellModel:
+    """Ray task body: the sample's blocks (arrow tables), sorted by sample_id, to a CellModel."""
+    import pyarrow as pa
+
+    from engine.core.config import IndexConfig
+
+    table = pa.concat_tables([b for b in blocks if b.num_rows]) if blocks else None
+    if table is None or table.num_rows == 0:
+        raise UserError("near-duplicate removal: the k-means training sample is empty")
+    ids = np.asarray(table.column(ID).to_pylist()).astype(str)
+    col = table.column(EMB).combine_chunks()
+    vecs = _arrow_matrix(col, len(ids))
+    order = np.argsort(ids, kind="stable")
+    return fit_cells(vecs[order], cells, IndexConfig(**cfg_dict))
+
+
+def _arrow_matrix(col, n: int) -> np.ndarray:
+    """A (fixed-size) list or Ray tensor column as an (n, d) float32 array."""
+    try:
+        from ray.air.util.tensor_extensions.arrow import ArrowTensorArray
+
+        if isinstance(col, ArrowTensorArray):
+            return np.asarray(col.to_numpy(), np.float32).reshape(n, -1)
+    except ImportError:  # pragma: no cover
+        pass
+    flat = col.flatten() if hasattr(col, "flatten") else col.storage.flatten()
+    return flat.to_numpy(zero_copy_only=False).astype(np.float32).reshape(n, -1)
+
+
+def _resolve(ref):
+    """A value broadcast as [ObjectRef] (a nested ref is not resolved by Ray; we get it here)."""
+    import ray
+
+    return ray.get(ref[0]) if isinstance(ref, list) else ref
+
+
+def assign_rows(batch: dict, model_ref, m: int) -> dict:
+    """map_batches: each row to its m cells, as m rows (cell, sample_id, embedding)."""
+    ids, vecs = batch_vectors(batch)
+    cells = assign_cells(vecs, _resolve(model_ref), m)
+    m = cells.shape[1]
+    return {"cell": cells.ravel(), ID: np.repeat(ids, m), EMB: np.repeat(vecs, m, axis=0)}
+
+
+def pairs_of_cell(group: dict, threshold: float) -> dict:
+    """map_groups: the pairs above the threshold inside one cell, as (a, b, sim) with a < b."""
+    ids = np.asarray(group[ID]).astype(str)
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
+        k = int(np.flatnonzero(ids[1:] == ids[:-1])[0])
+        raise UserError(f"near-duplicate removal: sample_id {ids[k]!r} appears more than once")
+    vecs = np.asarray(group[EMB], np.float32).reshape(len(ids), -1)[order]
+    a, b, s = cell_pairs(vecs, threshold, device=_torch_device())
+    return {"a": ids[a], "b": ids[b], "sim": s.astype(np.float32)}
+
+
+def mark_rows(batch: dict, dups_ref) -> dict:
+    """map_batches: the output table, from the broadcast {duplicate: (kept match, cosine)}."""
+    dups = _resolve(dups_ref)
+    ids = np.asarray(batch[ID]).astype(str)
+    hit = [dups.get(s) for s in ids]
+    return {ID: ids, "kept": np.array([h is None for h in hit], bool),
+            "duplicate_of": np.array([None if h is None else h[0] for h in hit], dtype=object),
+            "similarity": np.array([0.0 if h is None else h[1] for h in hit], np.float32)}
+
+
+@dataclass
+class DistributedDedup:
+    table: object  # ray Dataset: sample_id, kept, duplicate_of, similarity (lazy)
+    duplicates: dict  # duplicate sample_id -> (kept sample_id, cosine)
+    rows: int
+    pairs: int
+    cells: int
+    stats: dict = field(default_factory=dict)
+
+
+_REMOTE_USER_ERROR = re.compile(r"engine\.core\.errors\.(?:UserError|ConfigError): (.+)")
+
+
+def _user_error(exc: BaseException) -> Optional[UserError]:
+    """The UserError a Ray task raised, however Ray wrapped it (RayTaskError around Ray Data's
+    UserCodeException keeps the original only as traceback text)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        found = _REMOTE_USER_ERROR.search(str(exc))
+        if found:
+            return UserError(found.group(1).strip())
+        if isinstance(exc, UserError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def dedup_dataset(ds, threshold: float, cfg, num_gpus: Optional[float] = None,
+                  num_partitions: Optional[int] = None) -> DistributedDedup:
+    """Near-duplicate removal over a Ray dataset with `sample_id` and `embedding` columns."""
+    try:
+        return _dedup_dataset(ds, threshold, cfg, num_gpus, num_partitions)
+    except Exception as exc:
+        err = _user_error(exc)
+        if err is not None and err is not exc:
+            raise err from None
+        raise
+
+
+def _dedup_dataset(ds, threshold: float, cfg, num_gpus: Optional[float], num_partitions: Optional[int]) -> DistributedDedup:
+    import time
+
+    import ray
+
+    t = _check_threshold(threshold, "near-duplicate removal")
+    missing = [c for c in (ID, EMB) if c not in ds.columns()]
+    if missing:
+        raise UserError(f"near-duplicate removal: no {', '.join(repr(c) for c in missing)} column "
+                        f"(columns: {', '.join(ds.columns())})")
+    clock = [time.perf_counter()]
+    n = ds.count()
+    if n == 0:
+        return DistributedDedup(ds.select_columns([ID]).map_batches(mark_rows, fn_kwargs={"dups_ref": {}},
+                                                                    batch_format="numpy"), {}, 0, 0, 0)
+    cells = default_cells(n, cfg)
+    sample = ds.select_columns([ID, EMB]).map_batches(
+        sample_rows, fn_kwargs={"fraction": sample_fraction(n, cells, cfg)},
+        batch_format="numpy").materialize()
+    fit = ray.remote(fit_from_blocks).options(num_cpus=1)
+    model_ref = fit.remote(cells, cfg.model_dump(), *sample.to_arrow_refs())
+    ray.wait([model_ref], fetch_local=False)
+    clock.append(time.perf_counter())
+    if num_gpus is None:
+        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    assigned = ds.select_columns([ID, EMB]).map_batches(
+        assign_rows, fn_kwargs={"model_ref": [model_ref], "m": cfg.dedup_cells_per_vector},
+        batch_format="numpy")
+    # few shuffle partitions: each is an aggregator; the kept set does not depend on the count
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    partitions = num_partitions or max(1, min(cells, 2 * cpus))
+    pairs = assigned.groupby("cell", num_partitions=partitions).map_groups(pairs_of_cell, fn_kwargs={"threshold": t},
+                                                batch_format="numpy", num_gpus=num_gpus)
+    a, b, s = [], [], []
+    for batch in pairs.iter_batches(batch_size=65536, batch_format="numpy"):
+        a.append(np.asarray(batch["a"]).astype(str)), b.append(np.asarray(batch["b"]).astype(str))
+        s.append(np.asarray(batch["sim"], np.float32))
+    a = np.concatenate(a) if a else np.empty(0, str)
+    b = np.concatenate(b) if b else np.empty(0, str)
+    s = np.concatenate(s) if s else np.empty(0, np.float32)
+    clock.append(time.perf_counter())
+    dups = walk_pairs(a, b, s)
+    unique = len({(x, y) for x, y in zip(a.tolist(), b.tolist())})
+    table = ds.select_columns([ID]).map_batches(mark_rows, fn_kwargs={"dups_ref": [ray.put(dups)]},
+                                                batch_format="numpy")
+    return DistributedDedup(table, dups, n, unique, cells,
+                            {"fit_s": clock[1] - clock[0], "pairs_s": clock[2] - clock[1]})

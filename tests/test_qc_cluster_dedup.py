@@ -1,0 +1,252 @@
+"""Cluster-then-compare near-duplicate removal: the cell pairs are exactly the pairs above the
+threshold, the kept set matches exact search on planted groups (decoys just below the threshold
+survive), it does not depend on input order or on the number of Ray partitions, and
+`syncxr dedup` writes the table."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.cli import main as cli_main
+from engine.core.config import IndexConfig
+from engine.core.errors import UserError
+from engine.qc import cluster_dedup as cd
+from engine.qc.filters import near_duplicates, walk_pairs
+
+T = 0.97
+# small sets: exact_max=1 so "auto" picks the cluster path; 16 cells, 16 training rows each
+CLUSTER = IndexConfig(exact_max=1, dedup_cells=16, dedup_train_per_cell=16, dedup_project_dim=16)
+EXACT = IndexConfig()
+
+
+def unit(x):
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def cone(n=3000, d=64, groups=60, decoys=40, seed=0):
+    """Vectors in a narrow cone with cluster structure (pairwise cosine ~0.7-0.9), planted groups of
+    2-4 (cosine >= 0.985 to the group's first member) and decoys at 0.95-0.965 to their partner."""
+    rng = np.random.default_rng(seed)
+    axis = unit(rng.standard_normal((1, d)))[0]
+    centres = rng.standard_normal((30, d)) * 0.5 / np.sqrt(d)
+    x = unit(axis + centres[rng.integers(0, 30, n)] + rng.standard_normal((n, d)) * 0.35 / np.sqrt(d))
+    perm = rng.permutation(n)
+    pos, group, decoy = 0, np.full(n, -1), np.full(n, -1)
+
+    def near(base, cos):
+        u = rng.standard_normal(d)
+        u -= (u @ base) * base
+        return unit([base + np.sqrt(1 / cos ** 2 - 1) * u / np.linalg.norm(u)])[0]
+
+    for g in range(groups):
+        size = int(rng.integers(2, 5))
+        mem = perm[pos:pos + size]
+        pos += size
+        for m in mem[1:]:
+            x[m] = near(x[mem[0]], rng.uniform(0.985, 0.998))
+        group[mem] = g
+    for _ in range(decoys):
+        b, dd = perm[pos], perm[pos + 1]
+        pos += 2
+        x[dd] = near(x[b], rng.uniform(0.95, 0.965))
+        decoy[dd] = b
+    return x.astype(np.float32), group, decoy
+
+
+def ids_of(n):
+    return [f"s{i:05d}" for i in range(n)]
+
+
+def brute_pairs(x, t):
+    g = x.astype(np.float64) @ x.astype(np.float64).T
+    i, j = np.nonzero(np.triu(g > t, k=1))
+    return set(zip(i.tolist(), j.tolist()))
+
+
+# ------------------------------------------------------------ pure functions
+
+def test_cell_pairs_are_exactly_the_pairs_above_the_threshold():
+    x, _, _ = cone(n=700)
+    a, b, s = cd.cell_pairs(x, T, block=128)  # several blocks: the triangle is covered once
+    got = list(zip(a.tolist(), b.tolist()))
+    assert len(got) == len(set(got))
+    assert set(got) == brute_pairs(x, T) and len(got) > 50
+    np.testing.assert_allclose(s, np.einsum("ij,ij->i", x[a].astype(np.float64), x[b].astype(np.float64)), atol=1e-6)
+
+
+def test_cell_pairs_threshold_is_strict():
+    a = np.array([1.0, 0.0])
+    b = np.array([0.5, np.sqrt(0.75)])  # cosine 0.5 exactly (0.5 is exact in float32)
+    i, j, _ = cd.cell_pairs(np.stack([a, b]).astype(np.float32), 0.5)
+    assert len(i) == 0
+    i, j, _ = cd.cell_pairs(np.stack([a, b]).astype(np.float32), 0.49)
+    assert (i.tolist(), j.tolist()) == ([0], [1])
+
+
+def test_assign_cells_gives_the_m_best_distinct_cells():
+    x, _, _ = cone(n=500)
+    model = cd.fit_cells(x, 8, CLUSTER)
+    cells = cd.assign_cells(x, model, 3)
+    assert cells.shape == (500, 3)
+    assert all(len(set(r)) == 3 for r in cells.tolist())
+    scores = cd.reduce(x, model.proj) @ model.centroids.T
+    assert (cells[:, 0] == scores.argmax(axis=1)).all()
+    assert (np.take_along_axis(scores, cells, 1)[:, :-1] >= np.take_along_axis(scores, cells, 1)[:, 1:]).all()
+
+
+def test_training_sample_depends_only_on_the_ids():
+    ids = ids_of(5000)
+    mask = cd.sample_mask(ids, 0.1)
+    assert 400 < mask.sum() < 600
+    perm = np.random.default_rng(0).permutation(5000)
+    assert (cd.sample_mask([ids[p] for p in perm], 0.1) == mask[perm]).all()
+
+
+def test_one_cell_is_exact_search():
+    x, _, _ = cone(n=1500)
+    cfg = CLUSTER.model_copy(update={"dedup_cells": 1})
+    i, j, _ = cd.cluster_pairs(x, ids_of(len(x)), T, cfg)
+    assert set(zip(i.tolist(), j.tolist())) == brute_pairs(x, T)
+
+
+def test_cluster_kept_set_equals_exact_and_spares_decoys():
+    x, group, decoy = cone()
+    ids = ids_of(len(x))
+    exact = near_duplicates(x, ids, T, EXACT)
+    res = near_duplicates(x, ids, T, CLUSTER)
+    assert exact.method == "flat" and res.method == "cluster"
+    assert res.keep.tolist() == exact.keep.tolist()
+    assert res.duplicate_of == exact.duplicate_of
+    assert res.pairs == exact.pairs
+    # each group keeps its earliest member (more when two members fall below the threshold to
+    # each other); every removed row is a planted member pointing inside its own group
+    pos = {s: k for k, s in enumerate(ids)}
+    for g in range(group.max() + 1):
+        assert res.keep[np.flatnonzero(group == g).min()]
+    removed = np.flatnonzero(~res.keep)
+    assert len(removed) > 100 and (group[removed] >= 0).all()
+    assert all(group[pos[res.duplicate_of[k]]] == group[k] for k in removed)
+    assert res.keep[decoy >= 0].all() and res.keep[decoy[decoy >= 0]].all()
+
+
+def test_cluster_kept_set_for_any_input_order():
+    x, _, _ = cone(n=2000, groups=40)
+    ids = ids_of(len(x))
+    ref = near_duplicates(x, ids, T, CLUSTER)
+    perm = np.random.default_rng(5).permutation(len(x))
+    res = near_duplicates(x[perm], [ids[p] for p in perm], T, CLUSTER)
+    assert {ids[p]: k for p, k in zip(perm, res.keep)} == dict(zip(ids, ref.keep))
+    assert {ids[p]: d for p, d in zip(perm, res.duplicate_of)} == dict(zip(ids, ref.duplicate_of))
+
+
+def test_walk_over_pairs_by_id_matches_the_full_walk():
+    x, _, _ = cone(n=1500)
+    ids = ids_of(len(x))
+    ref = near_duplicates(x, ids, T, EXACT)
+    i, j = zip(*sorted(brute_pairs(x, T)))
+    i, j = np.array(i), np.array(j)
+    sim = np.einsum("ij,ij->i", x[i], x[j])
+    names = np.array(ids)
+    # pairs given in either orientation, repeated: the same walk
+    dups = walk_pairs(np.r_[names[j], names[i]], np.r_[names[i], names[j]], np.r_[sim, sim])
+    assert set(dups) == {ids[k] for k in np.flatnonzero(~ref.keep)}
+    assert all(dups[ids[k]][0] == ref.duplicate_of[k] for k in np.flatnonzero(~ref.keep))
+
+
+def test_default_cells_bounded_by_the_training_sample():
+    assert cd.default_cells(200_000, IndexConfig()) == round(2.3 * 200_000 ** 0.5)
+    assert cd.default_cells(100, IndexConfig()) == 3  # 100 // 32
+    assert cd.default_cells(10, IndexConfig()) == 1
+
+
+# ------------------------------------------------------------ Ray Data path
+
+def _dataset(ray, x, ids, blocks):
+    table = pa.table({"sample_id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])})
+    return ray.data.from_arrow(table).repartition(blocks)
+
+
+@pytest.mark.ray
+def test_distributed_kept_set_independent_of_partitions(ray_session):
+    from engine.qc.dedup_distributed import dedup_dataset
+
+    x, _, decoy = cone(n=2000, groups=40, decoys=20)
+    ids = ids_of(len(x))
+    local = near_duplicates(x, ids, T, CLUSTER)
+    expected = {ids[k]: (local.duplicate_of[k], local.similarity[k]) for k in np.flatnonzero(~local.keep)}
+    assert len(expected) > 40
+    for blocks in (1, 2, 4):
+        res = dedup_dataset(_dataset(ray_session, x, ids, blocks), T, CLUSTER)
+        assert res.rows == len(x) and res.pairs == local.pairs
+        assert {k: v[0] for k, v in res.duplicates.items()} == {k: v[0] for k, v in expected.items()}, blocks
+        np.testing.assert_allclose([res.duplicates[k][1] for k in expected], [v[1] for v in expected.values()],
+                                   atol=1e-6)
+        table = res.table.to_pandas().set_index("sample_id")
+        assert len(table) == len(x)
+        assert set(table.index[~table["kept"]]) == set(expected)
+        assert table.loc[list(expected), "duplicate_of"].tolist() == [v[0] for v in expected.values()]
+    assert not set(np.array(ids)[decoy >= 0]) & set(expected)
+
+
+@pytest.mark.ray
+def test_distributed_bad_rows_are_user_errors(ray_session):
+    from engine.qc.dedup_distributed import dedup_dataset
+
+    x, _, _ = cone(n=300, groups=5, decoys=0)
+    x[17] = np.nan
+    with pytest.raises(UserError, match=r"^near-duplicate removal: sample_id 's00017' contains NaN"):
+        dedup_dataset(_dataset(ray_session, x, ids_of(300), 2), T, CLUSTER)
+    ds = ray_session.data.from_items([{"sample_id": "a", "vec": [1.0, 0.0]}])
+    with pytest.raises(UserError, match="no 'embedding' column"):
+        dedup_dataset(ds, T, CLUSTER)
+
+
+# ------------------------------------------------------------ syncxr dedup
+
+def _write(path, x, ids, list_type=True):
+    col = pa.array([list(map(float, r)) for r in x], pa.list_(pa.float32())) if list_type else \
+        pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
+    pq.write_table(pa.table({"sample_id": ids, "embedding": col}), path)
+
+
+def test_cli_writes_the_table_and_a_summary(tmp_path, capsys):
+    x, _, _ = cone(n=800, groups=20, decoys=10)
+    ids = ids_of(len(x))
+    src = tmp_path / "emb.parquet"
+    _write(src, x, ids)
+    assert cli_main(["dedup", "--embeddings", str(src), "--threshold", str(T), "--out", str(tmp_path / "o")]) == 0
+    line = capsys.readouterr().out.strip()
+    ref = near_duplicates(x, ids, T, EXACT)
+    out = pq.read_table(tmp_path / "o" / "dedup")
+    assert out.column_names == ["sample_id", "kept", "duplicate_of", "similarity"]
+    assert out.column("kept").to_pylist() == ref.keep.tolist()
+    assert out.column("duplicate_of").to_pylist() == ref.duplicate_of
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["kept"] == int(ref.keep.sum()) and summary["method"] == "flat"
+    assert line.startswith(f"{int(ref.keep.sum())}/800 kept, {800 - int(ref.keep.sum())} near-duplicates")
+    # a second run refuses to overwrite; --method cluster gives the same kept set here
+    assert cli_main(["dedup", "--embeddings", str(src), "--threshold", str(T), "--out", str(tmp_path / "o")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli_main(["dedup", "--embeddings", str(src), "--threshold", str(T), "--out", str(tmp_path / "o"),
+                     "--method", "cluster", "--overwrite"]) == 0
+    assert pq.read_table(tmp_path / "o" / "dedup").column("kept").to_pylist() == ref.keep.tolist()
+
+
+@pytest.mark.parametrize("table, message", [
+    (pa.table({"sample_id": ["a"], "vec": [[1.0]]}), "no `embedding` column"),
+    (pa.table({"sample_id": ["a", "b"], "embedding": [[1.0, 0.0], None]}), "row 1 (sample_id 'b') has a null embedding"),
+    (pa.table({"sample_id": ["a", "b"], "embedding": [[1.0, 0.0], [1.0]]}), "row 1 (sample_id 'b') has 1 values"),
+    (pa.table({"sample_id": ["a", "b"], "embedding": [[1.0, 0.0], [0.0, 0.0]]}), "sample_id 'b') is a zero vector"),
+    (pa.table({"sample_id": ["a", "a"], "embedding": [[1.0, 0.0], [0.0, 1.0]]}), "sample_id 'a' appears more than once"),
+])
+def test_cli_bad_input_names_the_row(tmp_path, capsys, table, message):
+    src = tmp_path / "bad.parquet"
+    pq.write_table(table, src)
+    assert cli_main(["dedup", "--embeddings", str(src), "--threshold", "0.9", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("syncxr dedup: error: ") and message in err and len(err.strip().splitlines()) == 1

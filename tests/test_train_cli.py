@@ -1,0 +1,129 @@
+"""`syncxr train` and `syncxr embed` end to end on a 24-sample `syncxr synth` run mixed with a real
+table holding one undecodable image; bad input answered with one line, before any training."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from test_train_data import TINY_MODEL, make_synthetic_dataset, make_table
+
+ROOT = Path(__file__).resolve().parent.parent
+SYNCXR = [sys.executable, "-m", "engine.cli"]
+
+
+def _env():
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def synth24(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth24") / "run"
+    proc = subprocess.run(SYNCXR + ["synth", "--config", "configs/local.yaml", "--n", "24", "--out", str(out)],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _config(path: Path, **top) -> Path:
+    data = {"model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
+            "data": {"mix": {"mode": "concat"}, "batch_size": 12},
+            "validation": {"size": 6, "batch_size": 6, "source": "synthetic"},
+            "epochs": 1, "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+            "engine": {"num_cpus": 2}}
+    for key, value in top.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.slow
+def test_train_then_embed_end_to_end(synth24, tmp_path):
+    table = make_table(tmp_path / "real", 6, bad=(2,))
+    cfg = _config(tmp_path / "train.yaml")
+    run = tmp_path / "run"
+    proc = subprocess.run(SYNCXR + ["train", "--config", str(cfg), "--out", str(run), "--synthetic", str(synth24),
+                                    "--real", f"table:{table}"], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # 18 synthetic (24 - 6 held out) + 6 real = 24 training pairs = 4 steps of 6
+    assert "{'synthetic': 18, 'real': 6} pairs, 6 held out, 1 epochs x 4 steps" in proc.stdout
+    assert "epoch 1/1, step 4/4" in proc.stdout and "skipped images 1" in proc.stdout
+    assert "Traceback" not in proc.stderr and " INFO " not in proc.stdout
+    (epoch,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epoch["skipped_images"] == 1 and epoch["train_pairs_seen"] == 23 and epoch["step"] == 4
+    assert epoch["val_pairs"] == 6 and math.isfinite(epoch["val_loss"]) and 0 <= epoch["val_i2t_r1"] <= 1
+    assert epoch["val_i2t_r10"] == 1.0  # 10 >= 6 candidates
+    assert epoch["truncated_reports"] >= 0 and (run / "metrics.png").stat().st_size > 1000
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["val"]["synthetic"]) == 6 and len(split["train"]["real"]) == 6
+    from train.models import load_model
+    assert load_model(run / "model").image_size == TINY_MODEL["image"]["image_size"]
+
+    out = tmp_path / "emb.parquet"
+    proc = subprocess.run(SYNCXR + ["embed", "--checkpoint", str(run), "--data", str(synth24), "--out", str(out)],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table_out = pq.read_table(out)
+    assert table_out.column_names == ["sample_id", "image_embedding", "text_embedding"]
+    assert table_out.num_rows == 24
+    for col in ("image_embedding", "text_embedding"):
+        emb = np.asarray(table_out.column(col).to_pylist(), dtype=np.float64)
+        assert emb.shape == (24, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+    bad = subprocess.run(SYNCXR + ["embed", "--checkpoint", str(run), "--data", f"table:{table}", "--out",
+                                   str(tmp_path / "real.parquet")], cwd=ROOT, env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 0 and "5 pairs embedded" in bad.stdout and "1 images did not decode" in bad.stdout
+
+
+def _cli(args, capsys):
+    from engine.cli import main
+
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines()
+
+
+@pytest.mark.ray
+def test_bad_input_is_one_line_before_training(ray_session, tmp_path, capsys):
+    syn = make_synthetic_dataset(tmp_path / "syn", 30)
+    old = make_synthetic_dataset(tmp_path / "old", 30, fmt="syncxr-dataset/0")
+    cfg = _config(tmp_path / "ok.yaml", data={"mix": {"mode": "synthetic"}})
+    code, err = _cli(["train", "--config", str(cfg), "--out", str(tmp_path / "r1"), "--synthetic", str(old)], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("syncxr train: error: ") and "format 'syncxr-dataset/0'" in err[0]
+
+    many = _config(tmp_path / "many.yaml", scaling={"num_workers": 3, "cpus_per_worker": 1})
+    code, err = _cli(["train", "--config", str(many), "--out", str(tmp_path / "r2"), "--synthetic", str(syn)], capsys)
+    assert code == 2 and err == ["syncxr train: error: scaling: 3 workers x 1 CPU = 3 CPU, the cluster has 2"]
+
+    unknown = _config(tmp_path / "unknown.yaml", model={"name": "convirt-vit-gpt", "overrides": {}})
+    code, err = _cli(["train", "--config", str(unknown), "--out", str(tmp_path / "r3"), "--synthetic", str(syn)], capsys)
+    assert code == 2 and len(err) == 1 and "unknown model 'convirt-vit-gpt'" in err[0]
+    assert "convirt-resnet18-smallbert" in err[0]
+
+    code, err = _cli(["train", "--config", str(cfg), "--out", str(tmp_path / "r4"), "--real", "csv:x"], capsys)
+    assert code == 2 and "expected one of table:PATH, mimic:PATH, openi:PATH" in err[0]
+
+
+def test_train_commands_are_listed_with_their_outputs(capsys):
+    from engine.cli import build_parser
+
+    parser = build_parser()
+    text = parser.format_help()
+    assert "train" in text and "embed" in text and "tune" in text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "metrics.jsonl" in out and "Exit codes" in out and "--synthetic" in out
