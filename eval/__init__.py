@@ -1,0 +1,10 @@
+"""Evaluation of pretrained ConVIRT/GLoRIA models (SynCXR's protocol, after GLoRIA and MGCA).
+
+- eval.zero_shot.zero_shot_auc(model, images, labels, classes, prompts=None): the validation
+  metric the training loop calls; eval.zero_shot.zero_shot_classification for the full result.
+- eval.grounding, eval.linear_probe, eval.segmentation: the other three tasks.
+- eval.datasets.build_dataset(name, n, seed): CheXpert 5x200, ChestX-ray14, PadChest, RSNA,
+  SIIM (from torchxrayvision's shipped label files) and phantom sets with masks;
+  eval.datasets.chexpert.excluded_paths(): the 5x200 images a CheXpert training split must drop.
+- eval.evaluate.evaluate(checkpoints, dataset, task, out): what `syncxr eval` runs.
+"""

@@ -15,7 +15,7 @@ import torch
 from eval import metrics
 from eval.prompts import check_prompts, pos_neg_prompts
 
-PAIR_TEMPERATURE = 0.1  # softmax over (positive, negative) similarities; AUC does not depend on it
+PAIR_TEMPERATURE = 0.1  # of the softmax over (positive, negative) similarities; rankings do not depend on it
 
 
 def _image_batches(images, batch_size: int):
@@ -56,14 +56,13 @@ def class_scores(model, images, classes: list[str], prompts: Optional[dict] = No
 
 
 def pair_scores(model, images, classes: list[str], batch_size: int = 64) -> np.ndarray:
-    """[N, C]: probability of the positive prompt against the negative one, per class."""
+    """[N, C]: the softmax over (positive, negative) prompt similarities per class, given as its
+    log-odds (s_pos - s_neg) / T: the same ranking and thresholds as the probability, without the
+    ties a saturated softmax makes on GLoRIA's unbounded local similarity."""
     pairs = pos_neg_prompts(classes)
     texts = [t for cls in classes for t in pairs[cls]]
     sims = prompt_similarities(model, images, texts, batch_size).reshape(-1, len(classes), 2)
-    logits = sims / PAIR_TEMPERATURE
-    logits = logits - logits.max(axis=2, keepdims=True)
-    p = np.exp(logits)
-    return p[..., 0] / p.sum(axis=2)
+    return (sims[..., 0] - sims[..., 1]) / PAIR_TEMPERATURE
 
 
 def per_class_metrics(labels: np.ndarray, scores: np.ndarray, classes: list[str]) -> tuple[dict, list[str]]:

@@ -25,3 +25,17 @@ def ray_session(tmp_path_factory):
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_run(ray_session, tmp_path_factory):
+    """A finished 24-sample synth run (local config, 128 px), made once per test session: the
+    published dataset that the reader, training and evaluation tests open."""
+    from engine.core.config import load_config
+    from engine.synth.run import run_synth
+
+    cfg = load_config(None, {"images": {"size": 128}, "engine": {"num_cpus": 2}})
+    out = tmp_path_factory.mktemp("synth-run") / "run"
+    manifest = run_synth(cfg, 24, out)
+    assert manifest["complete"], manifest["counts"]
+    return out

@@ -45,13 +45,14 @@ def phantom():
 
 
 class BrightnessModel(torch.nn.Module):
-    """Fixture: similarity = mean image brightness x (+1 for texts with 'bright', -1 otherwise),
-    so the right zero-shot answer is known in advance."""
+    """Fixture: similarity = mean image brightness x (+1 for texts with 'bright', -1 otherwise;
+    negated by a leading "no "), so the right zero-shot answer is known in advance."""
 
     method, name, image_size, resize_to = "convirt", "brightness", 8, 8
 
     def tokenize(self, texts):
-        sign = torch.tensor([[1.0 if "bright" in t else -1.0] for t in texts])
+        sign = torch.tensor([[(1.0 if "bright" in t else -1.0) * (-1.0 if t.startswith("no ") else 1.0)]
+                             for t in texts])
         return {"input_ids": sign, "attention_mask": torch.ones_like(sign), "truncated": torch.zeros(len(texts))}
 
     def similarity(self, images, ids, mask):
@@ -137,6 +138,7 @@ def test_grounding_metrics_on_known_maps():
     assert r["n"] == 2 and r["n_without_target"] == 1 and r["pointing_game"] == 0.0 and r["dice"] == 0.0
 
 
+@pytest.mark.slow
 def test_grounding_on_a_tiny_model(models, phantom):
     ds, data = phantom
     parts = [(data[s][1], data[s][2], [row_class(ds, r) for _, r in data[s][0].iterrows()]) for s in ("valid", "test")]
@@ -191,3 +193,15 @@ def test_evaluate_chexpert_from_images_at_real_paths(models, tmp_path):
     assert r["n_eval"] == 5 and len(r["per_class"]) == 5 and 0.0 <= r["multiclass_accuracy"] <= 1.0
     with pytest.raises(UserError, match="does not support task 'grounding'"):
         evaluate([models["convirt"]], "chexpert-5x200", "grounding", tmp_path / "out", imgpath=tmp_path)
+
+
+def test_multilabel_zero_shot_positive_against_negative_prompt():
+    x = np.zeros((4, 1, 8, 8), np.float32)
+    x[:2] += 0.5  # bright images: "findings consistent with bright" beats "no bright"
+    x[2:] -= 0.5
+    labels = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
+    r = zero_shot_classification(BrightnessModel(), x, labels, ["bright", "dark"], "multilabel")
+    # brightness b = +-0.5: "findings consistent with bright" scores b, "no bright" -b: log-odds 2b / 0.1
+    np.testing.assert_allclose(r["scores"][:, 0], [10.0, 10.0, -10.0, -10.0], rtol=1e-5)
+    np.testing.assert_allclose(r["scores"][:, 1], [-10.0, -10.0, 10.0, 10.0], rtol=1e-5)
+    assert r["per_class"]["bright"]["auc"] == 1.0 and r["per_class"]["dark"]["auc"] == 1.0

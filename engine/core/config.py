@@ -142,7 +142,7 @@ class IndexConfig(Section):
     dedup_cells_per_vector: int = Field(2, ge=1, le=8)  # a pair near a cell boundary shares one
     dedup_train_per_cell: int = Field(32, ge=1)  # k-means sample: cells x this many rows
     dedup_kmeans_iters: int = Field(10, ge=1)
-    dedup_project_dim: int = Field(64, ge=0)  # k-means / assignment space; 0: the full space
+    dedup_project_dim: int = Field(128, ge=0)  # k-means / assignment space; 0: the full space
     dedup_seed: int = 1234
 
 

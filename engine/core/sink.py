@@ -77,18 +77,3 @@ def with_hf_features(table: pa.Table) -> pa.Table:
     meta = dict(table.schema.metadata or {})
     meta[b"huggingface"] = json.dumps({"info": {"features": features.to_dict()}}).encode()
     return table.replace_schema_metadata(meta)
-
-
-def write_dataset_parts(table: pa.Table, directory: Path, rows_per_part: int = 1000) -> list[Path]:
-    """Final dataset: parts of at most rows_per_part rows, in table order."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob("part-*.parquet"):
-        old.unlink()
-    paths = []
-    for i, start in enumerate(range(0, max(table.num_rows, 1), rows_per_part)):
-        part = with_hf_features(table.slice(start, rows_per_part))
-        if part.num_rows == 0 and i > 0:
-            break
-        path = directory / f"part-{i:05d}.parquet"
-        paths.append(write_table(part, path))
-    return paths

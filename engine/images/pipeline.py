@@ -240,16 +240,3 @@ def run_images(cfg, reports_path: str | Path, out_dir: str | Path, limit: Option
             "prompts_truncated": truncated,
             "seconds": round(seconds, 2), "images_per_s": round(total / seconds, 2) if seconds else None,
             "path": str(paths["images"]), "rejected_path": str(paths["rejected"])}
-
-
-def read_images_table(path: str | Path) -> pa.Table:
-    return pq.read_table(path)
-
-
-def image_of(row: dict) -> np.ndarray:
-    return decode_png(row["image"]["bytes"])
-
-
-def masks_of(row: dict) -> list[dict[str, Any]]:
-    """The masks of an images.parquet row with decoded arrays under 'mask'."""
-    return [{**m, "mask": decode_png(m["png"]) > 127} for m in row["masks"] or []]

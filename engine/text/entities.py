@@ -37,9 +37,6 @@ def flip_polarity(entity_type: str) -> str:
     return _FLIP.get(entity_type, entity_type)
 
 
-def positive_type(entity_type: str) -> str:
-    return flip_polarity(entity_type) if is_negated(entity_type) else entity_type
-
 
 def entity_key(entity: dict) -> tuple[str, str]:
     return (entity["text"], entity["type"])
