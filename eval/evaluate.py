@@ -111,15 +111,16 @@ def _run_one(model, ds: EvalSet, task: str, frames: _Frames, out: Path, tag: str
     elif task == "segmentation":
         from eval.segmentation import train_segmentation
 
-        sets = []
+        sets, clipped = [], 0
         for split in ("train", "valid", "test"):
             rows = _grounding_rows(ds, split) if options.get("positives_only") else ds.split(split)
             x, m, st = frames.get(rows, split + "-seg", size, resize_to, True)
             sets.append((normalise(x), m))
+            clipped += st["clipped"]
         r = train_segmentation(model, *sets, epochs=options.get("epochs", 10), max_steps=options.get("max_steps"),
                                seed=options.get("seed", 0))
         r.pop("probs"), r.pop("unet")
-        res.update(r, n_eval=r["n_test"])
+        res.update(r, n_eval=r["n_test"], clipped_targets=clipped)
     return res
 
 

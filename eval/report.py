@@ -95,16 +95,19 @@ def roc_plot(labels: np.ndarray, scores: np.ndarray, classes: list[str], title: 
 
 def overlay_plot(frames: np.ndarray, maps: np.ndarray, masks: np.ndarray, captions: list[str], title: str,
                  path: Path, k: int = 8) -> Path:
-    """The first k images with their similarity map (colour) and the target outline (green)."""
+    """k images spread over the set (classes come in blocks) with their similarity map (colour)
+    and the target outline (green)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     k = max(1, min(k, len(frames)))
+    picks = np.unique(np.linspace(0, len(frames) - 1, k).astype(int)) if len(frames) else []
     fig, axes = plt.subplots(1, k, figsize=(2.2 * k, 2.6), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        if i < len(frames):
+    for j, ax in enumerate(axes[0]):
+        if j < len(picks):
+            i = picks[j]
             ax.imshow(frames[i], cmap="gray")
             ax.imshow(maps[i], cmap="jet", alpha=0.35, vmin=0, vmax=1)
             if masks[i].any():

@@ -87,6 +87,9 @@ class PlanConfig(Section):
     min_count: int = Field(3, ge=1)  # vocabulary: corpus entities seen at least this often
     seed: int = 0
     exclusive_pairs: list[tuple[str, str]] = Field(default_factory=list)
+    # balanced: the sampler above; corpus: one sample per corpus report, with that report's own
+    # entities (the "real-like" arm of `syncxr experiment`: real texts and their long tail)
+    mode: Literal["balanced", "corpus"] = "balanced"
 
 
 class StageBackend(Section):

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from engine.text.entities import ANATOMY, CLINICAL_TYPES, ENTITY_TYPES, is_negated
 from engine.core.errors import UserError
+from engine.core.ids import sample_id
 
 PLAN_SCHEMA = pa.schema([
     ("sample_id", pa.string()),
@@ -62,10 +63,6 @@ def sample_seeds(seed: int, n: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(1)).astype(np.int64)  # non-negative int64
-
-
-def sample_id(seed: int, index: int) -> str:
-    return f"r{seed}-{index:08d}"
 
 
 def _cap(n_slots: int, vocab_size: int, tau_max: int | None, tau_factor: float) -> int:

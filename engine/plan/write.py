@@ -8,16 +8,24 @@ from engine.core.errors import UserError
 from engine.core.files import write_json, write_table
 from engine.plan.sampler import build_plan, build_vocabulary, plan_counts, plan_stats
 from engine.text.stats import plot_balance
-from engine.text.vocabulary import extract_corpus
+from engine.plan.mirror import mirror_plan
+from engine.text.stats import count_entities
+from engine.text.vocabulary import extract_corpus, extract_reports
 
 
 def make_plan(cfg, n: int, table=None):
-    """(plan table, vocabulary) from a corpus entity table (default: extract the config's corpus)."""
+    """(plan table, vocabulary) from a corpus entity table (default: extract the config's corpus).
+    plan.mode=corpus mirrors the corpus report by report instead of sampling."""
+    p = cfg.plan
+    if p.mode == "corpus":
+        reports, entity_lists = extract_reports(cfg, progress=False)
+        # a report needs both sections to be written back as one (report QC checks them)
+        usable = [ents if r.findings and r.impression else [] for r, ents in zip(reports, entity_lists)]
+        return mirror_plan(usable, n, p.seed), build_vocabulary(count_entities(entity_lists), p.min_count)
     table = table if table is not None else extract_corpus(cfg)[0]
     vocab = build_vocabulary(table, cfg.plan.min_count)
     if not vocab.clinical:
         raise UserError(f"no clinical entity reaches plan.min_count={cfg.plan.min_count} in the corpus")
-    p = cfg.plan
     plan = build_plan(vocab, n, p.k, p.m, seed=p.seed, tau_max=p.tau_max, tau_factor=p.tau_factor,
                       exclusive_pairs=p.exclusive_pairs)
     return plan, vocab

@@ -44,9 +44,9 @@ class CellModel:
 
 
 def default_cells(n: int, cfg) -> int:
-    """Cells for n vectors. Cost is about n*cells*p (assignment) + (m*n)^2/cells*d (pairs):
-    balanced near cells = m*n*sqrt(d/p)/... ; in practice ~2.3*sqrt(n) measured best here
-    (benchmarks/results/dedup.md), bounded by the training sample."""
+    """Cells for n vectors: about 2.3*sqrt(n), bounded by the training sample (dedup_train_per_cell
+    rows per cell). Time is ~ n*cells*p (assignment, k-means) + (m*n)^2/cells*d (pairs), so cells
+    ~ sqrt(n) balances the two (the constant 2.3 from a few trials here, not a tuned optimum)."""
     cells = cfg.dedup_cells or int(round(2.3 * math.sqrt(n)))
     return max(1, min(cells, n // max(cfg.dedup_train_per_cell, 1)))
 
@@ -81,9 +81,11 @@ def fit_cells(sample: np.ndarray, cells: int, cfg) -> CellModel:
     if 0 < p < d:
         # top-p eigenvectors of the second moment; eigh is deterministic for the same input, and
         # each column's sign is fixed so that its largest entry is positive
+        from scipy.linalg import eigh
+
         moment = (x.T @ x).astype(np.float64) / max(n, 1)
-        _, vecs = np.linalg.eigh(moment)
-        vecs = vecs[:, ::-1][:, :p]
+        _, vecs = eigh(moment, subset_by_index=[d - p, d - 1], driver="evr")  # the top p only
+        vecs = vecs[:, ::-1]
         signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(p)])
         proj = np.ascontiguousarray(vecs * signs, dtype=np.float32)
     z = reduce(x, proj)
@@ -125,7 +127,13 @@ def assign_cells(x: np.ndarray, model: CellModel, m: int, chunk: int = 65536) ->
 
 
 def _torch_device():
-    """"cuda" when torch sees a GPU (the cell matmuls go there), else None (numpy BLAS)."""
+    """"cuda" when torch sees a GPU (the cell matmuls go there), else None (numpy BLAS). Torch is
+    imported only where a GPU may exist: its import alone costs hundreds of MB of RSS."""
+    import os
+    import sys
+
+    if "torch" not in sys.modules and not os.path.exists("/dev/nvidiactl"):
+        return None
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency

@@ -32,6 +32,7 @@ REPORT_BACKENDS.register("template", "actors.report_template:TemplateReportWrite
 REPORT_BACKENDS.register("transformers", "actors.report_transformers:TransformersReportWriter")
 REPORT_BACKENDS.register("vllm", "actors.report_vllm:VLLMReportWriter")
 REPORT_BACKENDS.register("openai", "actors.report_openai:OpenAIReportWriter")
+REPORT_BACKENDS.register("corpus", "actors.report_corpus:CorpusReportWriter")
 
 PLAN_COLUMNS = ("sample_id", "entities", "seed")
 GENERATION_COLUMNS = ("candidates", "truncated", "gen_error")  # added by a backend, used by QC

@@ -19,6 +19,12 @@ ENTITY_TABLE_COLUMNS = ("text", "type", "count")
 
 def extract_corpus(cfg, batch_size: int = 256, progress: bool = True) -> tuple[pa.Table, int]:
     """(entity table, number of reports) for cfg.corpus with cfg.extractor."""
+    reports, entity_lists = extract_reports(cfg, batch_size, progress)
+    return count_entities(entity_lists), len(reports)
+
+
+def extract_reports(cfg, batch_size: int = 256, progress: bool = True) -> tuple[list, list[list[dict]]]:
+    """(reports, entities of each report) for cfg.corpus with cfg.extractor, in corpus order."""
     reports = load_corpus(cfg.corpus)
     extractor = build_extractor(cfg.extractor)
     entity_lists, start = [], time.time()
@@ -28,7 +34,7 @@ def extract_corpus(cfg, batch_size: int = 256, progress: bool = True) -> tuple[p
             done = min(i + batch_size, len(reports))
             print(f"\rextracting entities: {done}/{len(reports)} reports ({time.time() - start:.1f}s)",
                   end="" if done < len(reports) else "\n", file=sys.stderr, flush=True)
-    return count_entities(entity_lists), len(reports)
+    return reports, entity_lists
 
 
 def read_entity_table(path: Path) -> pa.Table:
