@@ -163,3 +163,14 @@ def test_datasets_cli_writes_the_split(tmp_path, capsys):
     assert main(["datasets", "phantom-rare", "--n", "1", "--size", "64", "--out", str(tmp_path / "p.csv"),
                  "--imgpath", str(tmp_path / "ph")]) == 0
     assert (tmp_path / "ph" / "test" / "00000.png").is_file() and (tmp_path / "ph" / "test" / "00000_mask.png").is_file()
+
+
+def test_targets_outside_the_image_are_clipped_and_counted(tmp_path):
+    from eval.datasets.base import EvalSet
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "a.png")
+    table = pd.DataFrame({"path": ["a.png"], "split": ["test"], "X": [1], "height": [32], "width": [32],
+                          "boxes": [json.dumps([[24, 24, 16, 16], [0, 0, 8, 8]])]})
+    ds = EvalSet("toy", ["X"], "multilabel", table, layout="flat", target="X", localisation="boxes")
+    _, masks, stats = load_rows(ds, table, tmp_path, 32, 32, with_masks=True)
+    assert stats["clipped"] == 1 and masks[0].sum() == 8 * 8 + 8 * 8

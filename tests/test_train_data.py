@@ -333,9 +333,12 @@ def test_workers_the_cluster_cannot_place_are_refused():
     with pytest.raises(UserError, match="8 workers x 1 GPU = 8 GPU, the cluster has 0"):
         check_resources(gpu, {"CPU": 64.0})
     full = TrainConfig.model_validate({"scaling": {"num_workers": 2, "cpus_per_worker": 1}})
-    with pytest.raises(UserError, match="for Ray Data preprocessing"):
+    with pytest.raises(UserError, match="leave 0 of the cluster's 2 CPU; Ray Data preprocessing needs 1"):
         check_resources(full, {"CPU": 2.0})
-    check_resources(TrainConfig.model_validate({"scaling": {"num_workers": 1, "cpus_per_worker": 1}}), {"CPU": 2.0})
+    one = TrainConfig.model_validate({"scaling": {"num_workers": 1, "cpus_per_worker": 1}})
+    check_resources(one, {"CPU": 2.0})
+    with pytest.raises(UserError, match=r"\(\+ 0.01 reserved\) leave 0.99"):  # a Tune trial's driver
+        check_resources(one, {"CPU": 2.0}, reserved_cpus=0.01)
 
 
 def test_metrics_log_drops_records_of_a_killed_attempt(tmp_path):

@@ -26,6 +26,15 @@ TINY = {"image": {"image_size": 64, "resize_to": 72}, "text_encoder": TINY_TEXT}
 NAMES = ("convirt-resnet18-smallbert", "gloria-resnet18-smallbert")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread; on a shared 2-core machine it costs 5-10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(name: str, **extra) -> ContrastiveModel:
     torch.manual_seed(0)
     overrides = json.loads(json.dumps(TINY))
@@ -52,7 +61,6 @@ def test_list_models_and_unknown_name_lists_them():
 
 
 def test_configs_hold_the_paper_values():
-    c = create_model  # noqa: F841 - configs only, no model built
     from train.models import load_config
     convirt = load_config("convirt-resnet50-bioclinicalbert")
     assert convirt["loss"] == {"temperature": 0.1, "lambda_i2t": 0.75} and convirt["head"]["embed_dim"] == 512
@@ -61,6 +69,10 @@ def test_configs_hold_the_paper_values():
     assert gloria["text"] == {"max_tokens": 97, "last_n_layers": 4} and gloria["head"]["embed_dim"] == 768
     assert gloria["image"] == {"image_size": 224, "resize_to": 256}
     assert gloria["text_encoder"]["path"] == "emilyalsentzer/Bio_ClinicalBERT"
+    from train.transforms import DEFAULT_AUGMENT
+    for name in list_models():  # the loop passes config["augment"] to transforms.augment
+        aug = load_config(name)["augment"]
+        assert set(aug) == set(DEFAULT_AUGMENT) and aug["hflip"] is False
 
 
 def test_bad_inputs_are_user_errors(tmp_path):
@@ -187,7 +199,7 @@ def test_transformers_encoders_from_directories(tmp_path):
 
     torch.manual_seed(0)
     ViTModel(ViTConfig(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=64, num_channels=3), add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+                       intermediate_size=64, num_channels=3)).save_pretrained(tmp_path / "vit")  # with a pooler
     tok = train_wordpiece(CORPUS, vocab_size=200, min_frequency=1)
     tok.save_pretrained(tmp_path / "bert")
     BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
@@ -201,7 +213,9 @@ def test_transformers_encoders_from_directories(tmp_path):
     feats = model(images, ids, mask)
     assert feats["image_local"].shape == (2, 32, 4, 4)
     loss, _ = model.loss(feats)
-    assert torch.isfinite(loss)
+    loss.backward()
+    # every trainable parameter takes part (DDP requires it): the ViT's pooler is not built
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.save_pretrained(tmp_path / "saved")
     again = load_model(tmp_path / "saved").eval()
     with torch.no_grad():
@@ -212,6 +226,12 @@ def test_transformers_encoders_from_directories(tmp_path):
     assert not any(p.requires_grad for p in enc.embeddings.parameters())
     assert not any(p.requires_grad for p in enc.encoder.layer[3].parameters())  # 6 frozen >= 4 layers
     assert all(p.requires_grad for p in frozen.image_proj.parameters())
+    # the paper-scale GLoRIA image side: ResNet-50 layer3 (1024 ch) and layer4 (2048 ch) to 768
+    r50 = create_model("gloria-resnet50-bioclinicalbert", overrides={
+        "image": {"image_size": 64, "resize_to": 64}, "text_encoder": overrides["text_encoder"]})
+    assert (r50.local_proj.in_channels, r50.local_proj.out_channels) == (1024, 768)
+    assert (r50.global_proj.in_features, r50.global_proj.out_features) == (2048, 768)
+    assert r50.encode_image(images)["image_local"].shape == (2, 768, 4, 4)
 
 
 FINDINGS = [("left pleural effusion", (0, 0)), ("right pleural effusion", (0, 1)),

@@ -94,3 +94,7 @@ def test_split_sentences_and_random_sentence():
     drawn = {T.random_sentence(report, rng) for _ in range(60)}
     assert drawn == set(sentences)
     assert T.random_sentence("", rng) == "" and T.random_sentence("   ", rng) == ""
+    # indication and comparison do not describe the image
+    assert T.split_sentences("INDICATION: Cough. Fever.\nFINDINGS: Mild cardiomegaly.\nCOMPARISON: None.") == [
+        "Mild cardiomegaly."]
+    assert T.split_sentences("No acute process. Heart normal.") == ["No acute process.", "Heart normal."]

@@ -30,7 +30,7 @@ def test_asha_stops_a_trial_and_its_workers_and_the_next_trial_finishes(ray_sess
         "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
         "data": {"batch_size": 12}, "validation": {"size": 6, "batch_size": 6, "metric": "lr_score",
                                                    "zero_shot": "test_train_tune:score_by_lr"},
-        "epochs": 2, "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 1}})
+        "epochs": 2, "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 0.9}})
     # one ratio, three lrs run one after the other: 1e-4 (best), 1e-2 (worst: stopped), 1e-3
     tcfg = TuneConfig.model_validate({"search": {"ratios": [0.5], "lrs": [1e-4, 1e-2, 1e-3]},
                                       "asha": {"grace_period": 1, "reduction_factor": 2},

@@ -28,9 +28,15 @@ class TrainingStopped(UserError):
     """The run stopped itself (non-finite loss); the last good checkpoint is kept."""
 
 
-def check_resources(cfg: TrainConfig, cluster: dict) -> None:
+# A Ray Data Parquet read starts with a file-listing task of one whole CPU (not configurable in
+# Ray 2.60): with less than that free beside the training workers, the read waits forever.
+DATA_MIN_CPUS = 1.0
+
+
+def check_resources(cfg: TrainConfig, cluster: dict, reserved_cpus: float = 0.0) -> None:
     """Refuse, before anything starts, workers the cluster cannot place, and a CPU plan that
-    leaves nothing for the Ray Data tasks that feed them (they would wait forever)."""
+    leaves too little for the Ray Data tasks that feed them (they would wait forever).
+    `reserved_cpus`: taken by something else of ours (a Tune trial's driver function)."""
     s = cfg.scaling
     for key, per_worker in s.per_worker().items():
         need, have = per_worker * s.num_workers, cluster.get(key, 0.0)
@@ -38,9 +44,13 @@ def check_resources(cfg: TrainConfig, cluster: dict) -> None:
             raise UserError(f"scaling: {s.num_workers} workers x {per_worker:g} {key} = {need:g} {key}, "
                             f"the cluster has {have:g}")
     cpus = cluster.get("CPU", 0.0)
-    if s.cpus_per_worker * s.num_workers + cfg.data.num_cpus > cpus + 1e-9:
-        raise UserError(f"scaling: {s.num_workers} workers x {s.cpus_per_worker:g} CPU leave less than "
-                        f"data.num_cpus={cfg.data.num_cpus:g} of the cluster's {cpus:g} CPU for Ray Data preprocessing")
+    free = cpus - s.cpus_per_worker * s.num_workers - reserved_cpus
+    need_free = max(cfg.data.num_cpus, DATA_MIN_CPUS)
+    if free + 1e-9 < need_free:
+        raise UserError(f"scaling: {s.num_workers} workers x {s.cpus_per_worker:g} CPU"
+                        + (f" (+ {reserved_cpus:g} reserved)" if reserved_cpus else "")
+                        + f" leave {max(free, 0):g} of the cluster's {cpus:g} CPU; Ray Data preprocessing "
+                        f"needs {need_free:g} (lower scaling.cpus_per_worker or num_workers)")
 
 
 def scaling_config(s):
@@ -70,7 +80,8 @@ def prepare_model(cfg: TrainConfig, run_dir: Path, texts: list[str]):
 
 
 def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str] = None, real: Optional[str] = None,
-                 callbacks: Optional[list] = None, show_progress: bool = True, verbose: bool = False) -> dict:
+                 callbacks: Optional[list] = None, show_progress: bool = True, verbose: bool = False,
+                 reserved_cpus: float = 0.0) -> dict:
     """Train; returns the final metrics record. Raises UserError for bad input or a stopped run."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
@@ -80,7 +91,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
 
     load_config(cfg.model.name, cfg.model.overrides or None)  # unknown name: the error lists known ones
     run_dir = Path(run_dir).resolve()
-    check_resources(cfg, ray.cluster_resources())
+    check_resources(cfg, ray.cluster_resources(), reserved_cpus)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not verbose:
         ray.data.DataContext.get_current().enable_progress_bars = False

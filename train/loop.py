@@ -104,6 +104,20 @@ def validate(model, val_shard, vcfg, device, autocast) -> dict:
     return out
 
 
+PLACEMENT_GROUP_FILE = "placement_group.json"
+
+
+def record_placement_group(run_dir: Path) -> None:
+    """The worker group's placement group id, in RUN/: when Tune stops a trial it kills the
+    trial's Train controller before it can release the group, and Ray Train's own cleaner needs
+    the State API (a dashboard), which the embedded Ray has not got; train/tune.py releases it."""
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    if pg is not None:
+        (run_dir / PLACEMENT_GROUP_FILE).write_text(json.dumps({"id": pg.id.hex()}))
+
+
 class MetricsLog:
     """RUN/metrics.jsonl, written by rank 0. On resume, records past the restored step (from the
     attempt that was killed) are dropped so the file reads as one uninterrupted run."""
@@ -148,6 +162,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             if torch.is_tensor(value):
                 state[key] = value.to(device)
     log = MetricsLog(loop_cfg.get("run_dir"), step, rank == 0)
+    if rank == 0 and loop_cfg.get("run_dir"):
+        record_placement_group(Path(loop_cfg["run_dir"]))
     hook = resolve_hook(cfg.validation.zero_shot)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None

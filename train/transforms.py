@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from engine.core.errors import UserError
+from engine.text.sections import split_sections
+from engine.text.sections import split_sentences as _sentences
 
 # ConVIRT's augmentations (Zhang et al. 2020) except the flip; also in the model configs' "augment".
 DEFAULT_AUGMENT = {
@@ -160,22 +161,15 @@ def augment(img: np.ndarray, rng: np.random.Generator, settings: dict | None = N
     return np.asarray(im)
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# Sections whose sentences describe the image (indication, comparison, technique do not).
+IMAGE_SECTIONS = ("preamble", "findings", "impression")
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of a report: split after . ! ? followed by white space, and at line breaks
-    ("2.5 cm" stays whole); section headers such as "FINDINGS:" are dropped."""
-    if not text:
-        return []
-    parts = (p.strip() for p in _SENTENCE_END.split(text))
-    out = []
-    for p in parts:
-        p = re.sub(r"^(FINDINGS|IMPRESSION|INDICATION|COMPARISON|TECHNIQUE|HISTORY)\s*:\s*", "", p,
-                   flags=re.IGNORECASE).strip()
-        if p:
-            out.append(p)
-    return out
+    """Sentences of the report's findings and impression (text before any heading counts too),
+    with the engine's section and sentence splitters: headings dropped, "2.5 cm" kept whole."""
+    sections = split_sections(text or "")
+    return [s for name, body in sections.items() if name in IMAGE_SECTIONS for s in _sentences(body)]
 
 
 def random_sentence(report_text: str, rng: np.random.Generator) -> str:

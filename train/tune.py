@@ -11,7 +11,9 @@ run directory, as `syncxr train` writes it) and ray/ (Tune's experiment state).
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -37,9 +39,9 @@ def run_trial(config: dict) -> None:
     from train.driver import run_training
 
     cfg = trial_train_config(config["base"], config["ratio"], config["lr"], config["total"])
-    run_dir = Path(config["out"]) / "trials" / ray.tune.get_context().get_trial_name()
+    run_dir = Path(config["out"]) / "trials" / ray.tune.get_context().get_trial_id()
     run_training(cfg, run_dir, synthetic=config["synthetic"], real=config["real"],
-                 callbacks=[TuneReportCallback()], show_progress=False)
+                 callbacks=[TuneReportCallback()], show_progress=False, reserved_cpus=config["reserved_cpus"])
 
 
 def common_total(cfg: TrainConfig, synthetic: Optional[str], real: Optional[str], ratios: list[float]) -> int:
@@ -90,13 +92,41 @@ def load_tune_config(path) -> tuple[TuneConfig, TrainConfig, Path]:
     return tcfg, cfg, Path(found)
 
 
-class _TrialLines:
-    """A Tune callback printing one line per trial result and end (instead of Tune's tables)."""
+def release_placement_group(run_dir: Path) -> bool:
+    """Remove the Train worker group's placement group a stopped trial left behind (see
+    train/loop.py: record_placement_group). Its workers died with their controller; without this
+    the group keeps their CPUs reserved and every later trial waits forever. True if removed."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    def __new__(cls, metric: str, epochs: int):
+    from train.loop import PLACEMENT_GROUP_FILE
+
+    path = Path(run_dir) / PLACEMENT_GROUP_FILE
+    if not path.is_file():
+        return False
+    pg = PlacementGroup(PlacementGroupID(bytes.fromhex(json.loads(path.read_text())["id"])))
+    if ray.util.placement_group_table(pg).get("state") in (None, "REMOVED"):
+        return False
+    remove_placement_group(pg)
+    return True
+
+
+class _TrialLines:
+    """A Tune callback printing one line per trial result and end (instead of Tune's tables), and
+    releasing a finished or stopped trial's worker placement group."""
+
+    def __new__(cls, metric: str, epochs: int, out: Path):
         from ray.tune import Callback
 
         class TrialLines(Callback):
+            def _release(self, trial):
+                if release_placement_group(out / "trials" / trial.trial_id):
+                    print(f"  {trial.trial_id}: released the placement group of its stopped workers", flush=True)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self._release(trial)
+
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 print(f"  {trial.trial_id} ratio {trial.config['ratio']:g} lr {trial.config['lr']:g}: "
                       f"epoch {result.get('epoch')}/{epochs} {metric} {result.get(metric, float('nan')):.3f}", flush=True)
@@ -105,6 +135,7 @@ class _TrialLines:
                 done = (trial.last_result or {}).get("epoch", 0)
                 how = "finished" if done >= epochs else f"stopped by ASHA after epoch {done}"
                 print(f"  {trial.trial_id} {how}", flush=True)
+                self._release(trial)
 
         return TrialLines()
 
@@ -121,18 +152,29 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     out.mkdir(parents=True, exist_ok=True)
     synthetic = synthetic or cfg.data.synthetic
     real = real or cfg.data.real
-    check_resources(cfg, ray.cluster_resources())
+    # every concurrent trial's driver function holds a sliver of CPU beside its workers
+    reserved = TRIAL_DRIVER_CPU * tcfg.max_concurrent_trials
+    check_resources(cfg, ray.cluster_resources(), reserved)
+    if tcfg.max_concurrent_trials > 1:
+        s = cfg.scaling
+        check_resources(cfg.model_copy(update={"scaling": s.model_copy(
+            update={"num_workers": s.num_workers * tcfg.max_concurrent_trials})}), ray.cluster_resources(), reserved)
     ratios = list(tcfg.search.ratios)
     lrs = list(tcfg.search.lrs) or [cfg.optim.lr]
     total = common_total(cfg, synthetic, real, ratios)
     metric = cfg.validation.metric
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=tcfg.asha.grace_period,
+    # max_t one past the last epoch: ASHA stops a trial at max_t, which would kill it between its
+    # last report and the final model save; a trial that gets there ends by itself instead
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs + 1, grace_period=tcfg.asha.grace_period,
                                reduction_factor=tcfg.asha.reduction_factor)
                  if tcfg.asha.enabled else FIFOScheduler())
     param_space = {"ratio": tune.grid_search(ratios), "lr": tune.grid_search(lrs), "total": total,
-                   "base": cfg.model_dump(), "synthetic": synthetic, "real": real, "out": str(out)}
+                   "base": cfg.model_dump(), "synthetic": synthetic, "real": real, "out": str(out),
+                   "reserved_cpus": reserved}
     print(f"tune: {len(ratios)} ratios x {len(lrs)} lrs x {tcfg.num_samples}, {total} training pairs each, "
           f"{cfg.epochs} epochs, ASHA {'on' if tcfg.asha.enabled else 'off'} ({metric}, {tcfg.mode})", flush=True)
+    if not verbose:  # Tune's newer console output ignores verbose=0: the legacy one honours it
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tuner = tune.Tuner(
         # the trial function only drives its TorchTrainer, whose workers hold the CPUs (Tune
         # refuses a trial of zero resources)
@@ -141,7 +183,7 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
         tune_config=tune.TuneConfig(metric=metric, mode=tcfg.mode, scheduler=scheduler,
                                     max_concurrent_trials=tcfg.max_concurrent_trials, num_samples=tcfg.num_samples),
         run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=str(out / "ray"), verbose=1 if verbose else 0,
-                                  callbacks=[_TrialLines(metric, cfg.epochs)]),
+                                  callbacks=[_TrialLines(metric, cfg.epochs, out)]),
     )
     grid = tuner.fit()
     rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs)

@@ -1,13 +1,17 @@
 """`syncxr` command line. Subcommands live in the `commands` package of each top-level package
 (engine, train, eval), one module each with `register(sub)` that adds a parser whose `func(args)`
 does the work. They are found by name, so the engine never imports train/ or eval/ code itself.
-User errors print one line, no traceback."""
+User errors print one line, no traceback; so do the errors of the world around a command (this
+module is the one place that words them): a file-system error names its path, a connection
+error the address, running out of memory what ran out, and a Ray task or Ray Data failure caused
+by one of them is unwrapped to that cause."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import pkgutil
 import os
+import re
 import sys
 import textwrap
 import warnings
@@ -42,6 +46,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _causes(exc: BaseException):
+    """exc and what it wraps: Python's __cause__/__context__ and Ray's RayTaskError.cause chains."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+
+
+def _is_ray_wrapper(e: BaseException) -> bool:
+    return type(e).__module__.startswith("ray.")
+
+
+def os_error_line(e: OSError) -> str:
+    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+    if getattr(e, "filename2", None):
+        where = f"{e.filename} -> {e.filename2}: "
+    text = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+    return f"{where}{text}"
+
+
+_OS_NAMES = r"(?:builtins\.)?(?:OSError|IOError|PermissionError|FileNotFoundError|FileExistsError|IsADirectoryError" \
+            r"|NotADirectoryError|BlockingIOError|InterruptedError|TimeoutError)"
+_REMOTE_LINES = (  # the last line of a worker's traceback, as Ray ships it (the exception object is often lost)
+    (re.compile(rf"^{_OS_NAMES}: \[Errno \d+\] (?P<msg>[^:]+): '(?P<path>.*)'$"), "{path}: {msg}"),
+    (re.compile(rf"^(?:{_OS_NAMES}|(?:pyarrow\.lib\.)?ArrowIOError): (?P<msg>.+)$"), "{msg}"),
+    (re.compile(r"^engine\.[\w.]+\.(?:UserError|ConfigError|RunStopped|ClusterUnreachable): (?P<msg>.+)$"), "{msg}"),
+    (re.compile(r"^(?:[\w.]+\.)?(?:_ArrayMemoryError|MemoryError)(?:: (?P<msg>.*))?$"), "out of memory: {msg}"),
+)
+
+
+def remote_cause(e: BaseException) -> str | None:
+    """A Ray task error's root cause read from the worker's traceback text."""
+    text = getattr(e, "traceback_str", None) or str(e)
+    found = None
+    for line in text.splitlines():
+        line = line.strip()
+        for pattern, form in _REMOTE_LINES:
+            m = pattern.match(line)
+            if m:
+                found = form.format(**{k: v or "" for k, v in m.groupdict().items()})
+                break
+    return found
+
+
+def explain(exc: BaseException) -> str | None:
+    """The one line for an error that is not a bug of ours, or None (then it is a bug: traceback)."""
+    chain = list(_causes(exc))
+    for e in chain:  # our own message first, wherever it was raised (a Ray worker too)
+        if isinstance(e, UserError) and not _is_ray_wrapper(e):
+            return str(e)
+    for e in chain:
+        if isinstance(e, MemoryError):
+            detail = (str(e).splitlines() or [""])[0]
+            return f"out of memory{': ' + detail if detail else ''} (ask for less: a smaller --n, batch or image size)"
+    for e in chain:
+        if isinstance(e, OSError) and not _is_ray_wrapper(e) and (getattr(e, "filename", None) or e.errno):
+            return os_error_line(e)
+    for e in chain:
+        if _is_ray_wrapper(e):
+            line = remote_cause(e)
+            if line:
+                return line
+    for e in chain:
+        if isinstance(e, ConnectionError) or type(e).__name__ in ("RaySystemError", "GetTimeoutError"):
+            return f"lost the Ray cluster: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -60,3 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"syncxr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        line = explain(exc)
+        if line is None:
+            raise
+        print(f"syncxr {args.command}: error: {line}", file=sys.stderr)
+        return 2

@@ -1,5 +1,10 @@
-"""`make demo`: the main job on the embedded default (configs/local.yaml), step by step, with
-the figures printed as it goes. Each step is also a `syncxr` subcommand."""
+"""`make demo`: the whole loop on the embedded default (configs/local.yaml), step by step, with
+the figures printed as it goes: corpus entities, a balanced plan, a QC bank, a synthesized
+dataset, ConVIRT pretraining on it, and zero-shot evaluation on the phantom test set. Each step
+is also a `syncxr` subcommand (entities, plan, qc-bank, synth, train, eval).
+
+The demo is the CLI's composition root: it runs the training and evaluation commands by name, as
+a user would, and reads the dataset only through what they write."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +39,8 @@ def write_problem_images(out: Path, n_clean: int = 8, seed: int = 101) -> Path:
     return src
 
 
-def run(config: str | None, out: Path, n_plan: int, n_synth: int) -> None:
+def run(config: str | None, out: Path, n_plan: int, n_synth: int, train_config: str = "train-local.yaml",
+        eval_per_class: int = 200) -> None:
     cfg = load_config(config)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -72,16 +78,48 @@ def run(config: str | None, out: Path, n_plan: int, n_synth: int) -> None:
     print(f"{manifest['kept']}/{manifest['planned']} samples in {run_dir / 'data'} ({time.time() - t:.1f}s)")
     print(f"data card: {run_dir / 'DATACARD.md'}")
 
+    train_config = train_config if "/" in train_config else f"configs/{train_config}"
+    t = step(f"5. train ConVIRT on the {manifest['kept']} synthetic pairs ({train_config})")
+    train_dir = out / "train"
+    shutil.rmtree(train_dir, ignore_errors=True)
+    _subcommand(["train", "--config", train_config, "--synthetic", str(run_dir), "--out", str(train_dir)])
+    print(f"({time.time() - t:.1f}s)")
+
+    t = step(f"6. zero-shot classification on the phantom test set of five findings ({eval_per_class} images each)")
+    eval_dir = out / "eval"
+    _subcommand(["eval", "--checkpoint", str(train_dir), "--dataset", "phantom-5x200", "--task", "zero-shot",
+                 "--n", str(eval_per_class), "--out", str(eval_dir)], show=False)
+    results = json.loads((eval_dir / "results.json").read_text())
+    print((eval_dir / "results.md").read_text().strip())
+    print(f"({time.time() - t:.1f}s)")
+    print(f"\nmean zero-shot AUC: {results['checkpoints'][0]['mean_auc']:.3f}")
+
+
+def _subcommand(argv: list[str], show: bool = True) -> None:
+    """One `syncxr` subcommand in this process, as `syncxr ARGV...` would run it."""
+    from engine.cli import main as cli_main
+
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer if not show else sys.stdout):
+        code = cli_main(argv)
+    if code != 0:
+        raise UserError(f"`syncxr {' '.join(argv)}` exited with {code}")
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default=None)
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--n-plan", type=int, default=2000)
-    ap.add_argument("--n-synth", type=int, default=200)
+    ap.add_argument("--n-synth", type=int, default=2000)
+    ap.add_argument("--train-config", default="train-local.yaml", help="a training config: a name in configs/ or a path")
+    ap.add_argument("--eval-per-class", type=int, default=200, help="phantom test images per finding")
     args = ap.parse_args(argv)
     try:
-        run(args.config, Path(args.out), args.n_plan, args.n_synth)
+        run(args.config, Path(args.out), args.n_plan, args.n_synth, args.train_config, args.eval_per_class)
     except UserError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 2

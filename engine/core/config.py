@@ -126,7 +126,7 @@ class IndexConfig(Section):
     """FAISS search behind the QC filters (inner product on L2-normalised vectors = cosine)."""
 
     exact_max: int = Field(50_000, ge=1)  # exact (flat) search up to this many vectors
-    kind: Literal["ivf", "hnsw"] = "ivf"  # approximate index above exact_max
+    kind: Literal["ivf", "ivfpq", "hnsw"] = "ivf"  # approximate index above exact_max
     nlist: Optional[int] = Field(None, ge=1)  # IVF cells; None: about 2*sqrt(n)
     nprobe: int = Field(16, ge=1)
     hnsw_m: int = Field(32, ge=4)
@@ -138,6 +138,8 @@ class IndexConfig(Section):
     k: int = Field(16, ge=1)  # first neighbour count of a threshold search (grows when all pass)
     query_chunk: int = Field(1024, ge=1)  # queries per faiss call (HNSW aborts on large calls)
     use_gpu: Literal["auto", "never", "always"] = "auto"
+    pq_m: int = Field(96, ge=1)  # ivfpq: sub-quantizers (bytes per vector); must divide the dimension
+    refine_k: int = Field(16, ge=1)  # ivfpq: candidates re-scored exactly against the raw vectors
     # near-duplicate removal above exact_max: "cluster" (k-means cells, all pairs inside each cell,
     # engine/qc/cluster_dedup.py) or "index" (a threshold search of every vector in `kind`)
     dedup_method: Literal["cluster", "index"] = "cluster"

@@ -81,7 +81,7 @@ def write_table(table, path: str | Path, record: bool | None = None) -> Path:
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, write_page_checksum=True)  # a reader can tell a damaged page
     if record or (record is None and keeps_records(path.parent)):
         write_record(path, table.num_rows)
     return path

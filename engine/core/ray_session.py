@@ -15,7 +15,14 @@ import sys
 import tempfile
 import threading
 
+from engine.core.errors import UserError
+
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
+CONNECT_TIMEOUT_S = float(os.environ.get("SYNCXR_CONNECT_TIMEOUT_S", "10"))
+
+
+class ClusterUnreachable(UserError):
+    """No Ray cluster answers at the address given: one line naming it, before anything is written."""
 
 
 def cluster_address(engine_cfg, address: str | None = None) -> str | None:
@@ -25,7 +32,9 @@ def cluster_address(engine_cfg, address: str | None = None) -> str | None:
 
 # "[2026-12-01 10:42:04,990 E 2219 2219] core_worker.cc:2465: ...": the C++ core worker writes
 # these straight to file descriptor 2, past Python's logging
-NATIVE_LOG_LINE = re.compile(rb"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\] ")
+# "(raylet) WARNING: 8 PYTHON worker processes have been started ...": the raylet's notes,
+# forwarded to the driver even when worker logs are not
+NATIVE_LOG_LINE = re.compile(rb"^(\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\] |(\x1b\[\d+m)?\((raylet|gcs_server)\))")
 
 
 def filter_native_stderr() -> None:
@@ -96,6 +105,91 @@ def verbose_requested() -> bool:
     return os.environ.get("SYNCXR_VERBOSE", "") not in ("", "0")
 
 
+def _address_in_use_file() -> str | None:
+    try:
+        with open(os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")) as f:
+            return f.read().strip() or None
+    except OSError:
+        try:
+            with open("/tmp/ray/ray_current_cluster") as f:
+                return f.read().strip() or None
+        except OSError:
+            return None
+
+
+def probe_address(address: str, timeout_s: float | None = None) -> None:
+    """Check that something accepts connections at a Ray address within a bounded time, so a
+    wrong --address is one line at once instead of minutes of retries (ray.init's own loop)."""
+    import socket
+
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
+    shown = address
+    if address == "local":
+        return
+    if address == "auto":
+        found = _address_in_use_file()
+        if found is None:
+            raise ClusterUnreachable("--address auto: no Ray cluster is running on this machine "
+                                     "(no /tmp/ray/ray_current_cluster); start one with `ray start --head`")
+        address = found
+    hostport = address
+    for scheme in ("ray://", "http://", "https://"):
+        if hostport.startswith(scheme):
+            hostport = hostport[len(scheme):]
+            break
+    else:
+        if "://" in hostport:
+            raise ClusterUnreachable(f"--address {shown}: unknown scheme (use host:port or ray://host:port)")
+    hostport = hostport.split("/", 1)[0]
+    host, sep, port_text = hostport.rpartition(":")
+    if not sep or not host:
+        raise ClusterUnreachable(f"--address {shown}: expected host:port (e.g. 10.0.0.1:6379 or ray://head:10001)")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise ClusterUnreachable(f"--address {shown}: port {port_text!r} is not a number from 1 to 65535") from None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ClusterUnreachable(f"--address {shown}: cannot resolve host {host!r} ({exc})") from None
+    last = None
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout_s)
+                sock.connect(sockaddr)
+            break
+        except socket.timeout:
+            last = f"no answer within {timeout_s:g} s"
+        except OSError as exc:
+            last = exc.strerror or str(exc)
+    else:
+        raise ClusterUnreachable(f"--address {shown}: no Ray cluster reachable at {host}:{port} ({last})")
+    # a socket that accepts is not yet a Ray server (a proxy or firewall may accept anything):
+    # both the GCS and the Ray Client server speak gRPC, so wait (bounded) for a gRPC channel
+    try:
+        import grpc
+    except ImportError:
+        return
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    channel = grpc.insecure_channel(target)
+    call = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None)
+    try:
+        call(b"", timeout=timeout_s)
+    except grpc.RpcError as exc:
+        code, details = exc.code(), exc.details() or ""
+        not_grpc = details.startswith("Received http2 header with status")  # an HTTP server, not gRPC
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE) or not_grpc:
+            what = "no answer" if code == grpc.StatusCode.DEADLINE_EXCEEDED else (details.splitlines() or [code.name])[0]
+            raise ClusterUnreachable(f"--address {shown}: {host}:{port} accepts connections but is not a Ray "
+                                     f"server ({what}, within {timeout_s:g} s)") from None
+    finally:
+        channel.close()
+
+
 def init_ray(engine_cfg, address: str | None = None, quiet: bool | None = None):
     import ray
 
@@ -107,7 +201,12 @@ def init_ray(engine_cfg, address: str | None = None, quiet: bool | None = None):
     address = cluster_address(engine_cfg, address)
     level = logging.ERROR if quiet else logging.INFO
     if address:
-        ray.init(address=address, log_to_driver=not quiet, logging_level=level)
+        probe_address(address)
+        try:
+            ray.init(address=address, log_to_driver=not quiet, logging_level=level)
+        except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ClusterUnreachable(f"--address {address}: cannot connect to Ray ({first})") from None
     else:
         # A short private temp dir: Ray's socket paths must stay under ~100 characters.
         temp_dir = tempfile.mkdtemp(prefix="syncxr-ray-")

@@ -112,17 +112,30 @@ def reduce(x: np.ndarray, proj: Optional[np.ndarray]) -> np.ndarray:
 
 
 def assign_cells(x: np.ndarray, model: CellModel, m: int, chunk: int = 65536) -> np.ndarray:
-    """(n, m) int32: the m cells of largest cosine to each vector, best first. A flat faiss search
-    over the centroids (exact, so the same vector always gets the same cells)."""
+    """(n, m) int32: the m cells of largest cosine to each vector, best first (ties: lower cell).
+
+    A row's cells must not depend on the batch it arrives in, and float32 BLAS rounding does
+    depend on the batch's shape. So the projection runs in float64, faiss proposes m + 2 cells in
+    float32, and those are re-scored one row at a time in float64 before the best m are taken: a
+    rounding difference could only matter if three cells tied within ~1e-6."""
     import faiss
 
     m = max(1, min(m, model.cells))
+    extra = min(m + 2, model.cells)
     index = faiss.IndexFlatIP(model.centroids.shape[1])
     index.add(model.centroids)
+    cent64 = model.centroids.astype(np.float64)
+    proj64 = model.proj.astype(np.float64) if model.proj is not None else None
     out = np.empty((len(x), m), dtype=np.int32)
     for start in range(0, len(x), chunk):
-        z = reduce(x[start:start + chunk], model.proj)
-        out[start:start + len(z)] = index.search(z, m)[1]
+        z = np.asarray(x[start:start + chunk], dtype=np.float64)
+        if proj64 is not None:
+            z = z @ proj64
+        z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        cand = index.search(z.astype(np.float32), extra)[1]
+        scores = np.einsum("nd,nkd->nk", z, cent64[cand])
+        order = np.lexsort((cand, -scores), axis=1)[:, :m]
+        out[start:start + len(z)] = np.take_along_axis(cand, order, axis=1)
     return out
 
 

@@ -3,8 +3,9 @@ gather on the driver.
 
     rows (sample_id, embedding)
       -> map_batches: keep the hash-chosen training rows      -> one task: fit the cells (k-means)
-      -> map_batches: each row to its m cells (cell, sample_id, embedding), centroids broadcast
-      -> groupby(cell).map_groups: all pairs above the threshold inside each cell (GPU when present)
+      -> map_batches: each row to its m cells (bucket, cell, sample_id, embedding), centroids broadcast
+      -> groupby(bucket).map_groups: all pairs above the threshold inside each cell of a bucket of
+         cells (GPU when present)
       -> driver: the pair list (small) through the sample_id-order walk
       -> map_batches: (sample_id, kept, duplicate_of, similarity), the duplicates broadcast
 
@@ -94,25 +95,38 @@ def _resolve(ref):
     return ray.get(ref[0]) if isinstance(ref, list) else ref
 
 
-def assign_rows(batch: dict, model_ref, m: int) -> dict:
-    """map_batches: each row to its m cells, as m rows (cell, sample_id, embedding)."""
+def assign_rows(batch: dict, model_ref, m: int, buckets: int) -> dict:
+    """map_batches: each row to its m cells, as m rows (bucket, cell, sample_id, embedding). Cells
+    are grouped into `buckets` shuffle groups (cell % buckets): one group per cell would pay Ray
+    Data's per-group cost thousands of times."""
     ids, vecs = batch_vectors(batch)
     cells = assign_cells(vecs, _resolve(model_ref), m)
     m = cells.shape[1]
-    return {"cell": cells.ravel(), ID: np.repeat(ids, m), EMB: np.repeat(vecs, m, axis=0)}
+    cell = cells.ravel()
+    return {"bucket": (cell % buckets).astype(np.int32), "cell": cell, ID: np.repeat(ids, m),
+            EMB: np.repeat(vecs, m, axis=0)}
 
 
-def pairs_of_cell(group: dict, threshold: float) -> dict:
-    """map_groups: the pairs above the threshold inside one cell, as (a, b, sim) with a < b."""
+def pairs_of_bucket(group: dict, threshold: float) -> dict:
+    """map_groups: the pairs above the threshold inside each cell of one bucket, as (a, b, sim)
+    with a < b by sample_id. Cells and their members are sorted, so block layout never matters."""
     ids = np.asarray(group[ID]).astype(str)
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]
-    if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
-        k = int(np.flatnonzero(ids[1:] == ids[:-1])[0])
-        raise UserError(f"near-duplicate removal: sample_id {ids[k]!r} appears more than once")
+    cell = np.asarray(group["cell"])
+    order = np.lexsort((ids, cell))
+    ids, cell = ids[order], cell[order]
     vecs = np.asarray(group[EMB], np.float32).reshape(len(ids), -1)[order]
-    a, b, s = cell_pairs(vecs, threshold, device=_torch_device())
-    return {"a": ids[a], "b": ids[b], "sim": s.astype(np.float32)}
+    same = (ids[1:] == ids[:-1]) & (cell[1:] == cell[:-1])
+    if same.any():
+        raise UserError(f"near-duplicate removal: sample_id {ids[int(np.flatnonzero(same)[0])]!r} appears more than once")
+    bounds = np.flatnonzero(np.diff(cell)) + 1
+    device = _torch_device()
+    a_all, b_all, s_all = [], [], []
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ids)]):
+        a, b, s = cell_pairs(vecs[lo:hi], threshold, device=device)
+        a_all.append(ids[lo:hi][a]), b_all.append(ids[lo:hi][b]), s_all.append(s)
+    if not a_all:
+        return {"a": np.empty(0, str), "b": np.empty(0, str), "sim": np.empty(0, np.float32)}
+    return {"a": np.concatenate(a_all), "b": np.concatenate(b_all), "sim": np.concatenate(s_all).astype(np.float32)}
 
 
 def mark_rows(batch: dict, dups_ref) -> dict:
@@ -190,14 +204,18 @@ def _dedup_dataset(ds, threshold: float, cfg, num_gpus: Optional[float], num_par
     clock.append(time.perf_counter())
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    assigned = ds.select_columns([ID, EMB]).map_batches(
-        assign_rows, fn_kwargs={"model_ref": [model_ref], "m": cfg.dedup_cells_per_vector},
-        batch_format="numpy")
-    # few shuffle partitions: each is an aggregator; the kept set does not depend on the count
+    # Shuffle groups (buckets of cells) of ~128 MB, at least two per CPU; the partition count
+    # only sets how the shuffle is spread, never which pairs are found.
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    partitions = num_partitions or max(1, min(cells, 2 * cpus))
-    pairs = assigned.groupby("cell", num_partitions=partitions).map_groups(pairs_of_cell, fn_kwargs={"threshold": t},
-                                                batch_format="numpy", num_gpus=num_gpus)
+    dim = np.asarray(ds.take_batch(1, batch_format="numpy")[EMB][0]).size
+    shuffled = n * min(cfg.dedup_cells_per_vector, cells) * (4 * dim + 64)
+    buckets = max(1, min(cells, max(2 * cpus, int(np.ceil(shuffled / 128e6)))))
+    partitions = num_partitions or buckets
+    assigned = ds.select_columns([ID, EMB]).map_batches(
+        assign_rows, fn_kwargs={"model_ref": [model_ref], "m": cfg.dedup_cells_per_vector, "buckets": buckets},
+        batch_format="numpy")
+    pairs = assigned.groupby("bucket", num_partitions=partitions).map_groups(
+        pairs_of_bucket, fn_kwargs={"threshold": t}, batch_format="numpy", num_gpus=num_gpus)
     a, b, s = [], [], []
     for batch in pairs.iter_batches(batch_size=65536, batch_format="numpy"):
         a.append(np.asarray(batch["a"]).astype(str)), b.append(np.asarray(batch["b"]).astype(str))
@@ -211,4 +229,54 @@ def _dedup_dataset(ds, threshold: float, cfg, num_gpus: Optional[float], num_par
     table = ds.select_columns([ID]).map_batches(mark_rows, fn_kwargs={"dups_ref": [ray.put(dups)]},
                                                 batch_format="numpy")
     return DistributedDedup(table, dups, n, unique, cells,
-                            {"fit_s": clock[1] - clock[0], "pairs_s": clock[2] - clock[1]})
+                            {"fit_s": clock[1] - clock[0], "pairs_s": clock[2] - clock[1], "buckets": buckets})
+
+
+# ---------------------------------------------------------------- privacy / reference on the workers
+
+_BANKS: dict = {}  # (path, cfg json) -> SearchIndex: loaded once per worker process
+
+
+def bank_index(path: str, cfg_dict: dict):
+    """A bank's saved index (built once by `syncxr qc-bank`), with its embeddings memory-mapped for
+    IVF-PQ re-scoring: each worker process loads it once; the raw vectors stay in the page cache."""
+    import json
+    from pathlib import Path
+
+    from engine.core.config import IndexConfig
+    from engine.qc.faiss_index import build_index, load_index
+
+    key = (path, json.dumps(cfg_dict, sort_keys=True))
+    if key not in _BANKS:
+        cfg = IndexConfig(**cfg_dict)
+        root = Path(path)
+        meta = json.loads((root / "metadata.json").read_text())
+        emb = np.load(root / "embeddings.npy", mmap_mode="r")  # save_bank stores unit vectors
+        kind = meta.get("index_kind")
+        if (root / "index.faiss").is_file() and kind:
+            _BANKS[key] = load_index(root / "index.faiss", cfg, kind, vectors=emb)
+        else:
+            _BANKS[key] = build_index(np.asarray(emb), cfg)
+    return _BANKS[key]
+
+
+def nearest_rows(batch: dict, bank: str, cfg_dict: dict, threshold: float, prefix: str) -> dict:
+    """map_batches: best cosine of each row to the bank, <prefix>_similarity/_match/_reject."""
+    ids, vecs = batch_vectors(batch, f"{prefix} filter")
+    index = bank_index(bank, cfg_dict)
+    if vecs.shape[1] != index.dim:
+        raise UserError(f"{prefix} filter: embedding dimension {vecs.shape[1]} does not match the bank's {index.dim}")
+    sims, nearest = index.max_similarity(vecs) if len(vecs) else (np.zeros(0, np.float32), np.zeros(0, np.int64))
+    return {ID: ids, f"{prefix}_similarity": sims.astype(np.float32), f"{prefix}_match": nearest.astype(np.int64),
+            f"{prefix}_reject": sims > threshold}
+
+
+def similarity_dataset(ds, bank: str, threshold: float, cfg, prefix: str = "privacy"):
+    """The privacy (real training images) or reference (problematic images) filter over a Ray
+    dataset of (sample_id, embedding), per row on the workers against a bank directory from
+    `syncxr qc-bank` (its index.faiss is built once, with the bank; use qc.index.kind ivfpq for
+    MIMIC-size sets). Returns a lazy dataset: sample_id, <prefix>_similarity, _match, _reject."""
+    t = _check_threshold(threshold, f"{prefix} filter")
+    return ds.select_columns([ID, EMB]).map_batches(
+        nearest_rows, fn_kwargs={"bank": str(bank), "cfg_dict": cfg.model_dump(), "threshold": t, "prefix": prefix},
+        batch_format="numpy")

@@ -1,8 +1,11 @@
 """FAISS search for the QC filters: one index type per size, chosen by config.
 
 Vectors are L2-normalised float32 and the metric is inner product, so every score is a cosine.
-Exact (flat) search up to `exact_max` vectors, IVF-Flat or HNSW-Flat above it; IVF and flat move
-to the GPU when faiss-gpu sees one. All searches are knn searches in chunks of `query_chunk`
+Exact (flat) search up to `exact_max` vectors, IVF-Flat, IVF-PQ or HNSW-Flat above it; IVF and flat
+move to the GPU when faiss-gpu sees one. IVF-PQ keeps ~pq_m bytes per vector (a reference set of
+MIMIC size, 377k x 768, is ~36 MB instead of 1.2 GB, cheap to broadcast to workers); its scores are
+approximate, so the best `refine_k` candidates are re-scored exactly against the raw vectors (a
+memory map of the bank's embeddings.npy serves: the page cache is shared by the workers of a node). All searches are knn searches in chunks of `query_chunk`
 queries (HNSW's range_search aborts the process on large query sets, and GPU indexes have no
 range search); a threshold search grows k until the last neighbour falls below the threshold.
 """
@@ -50,12 +53,14 @@ def default_nlist(n: int, cfg) -> int:
 @dataclass
 class SearchIndex:
     index: object  # a faiss.Index
-    kind: str  # flat | ivf | hnsw
+    kind: str  # flat | ivf | ivfpq | hnsw
     dim: int
     on_gpu: bool
     chunk: int
     k0: int
     ef_search: int = 0
+    vectors: object = None  # (ntotal, dim) unit float32 (array or memory map): exact re-scoring
+    refine_k: int = 16
 
     @property
     def ntotal(self) -> int:
@@ -71,10 +76,24 @@ class SearchIndex:
             self.index.hnsw.efSearch = max(self.ef_search, k)
         sims = np.empty((len(q), k), dtype=np.float32)
         ids = np.empty((len(q), k), dtype=np.int64)
+        refine = self.kind == "ivfpq" and self.vectors is not None
+        k_search = min(max(k, self.refine_k), self.ntotal) if refine else k
         for start in range(0, len(q), self.chunk):
             stop = start + self.chunk
-            sims[start:stop], ids[start:stop] = self.index.search(q[start:stop], k)
+            s, i = self.index.search(q[start:stop], k_search)
+            if refine:
+                s, i = self._rescore(q[start:stop], i, k)
+            sims[start:stop], ids[start:stop] = s, i
         return sims, ids
+
+    def _rescore(self, q: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosines of the PQ candidates, best k kept (ties: lower id)."""
+        safe = np.where(cand >= 0, cand, 0)
+        exact = np.einsum("qd,qkd->qk", q, np.asarray(self.vectors[safe.ravel()], np.float32).reshape(*cand.shape, -1))
+        exact = np.where(cand >= 0, exact, -np.inf).astype(np.float32)
+        order = np.lexsort((cand, -exact), axis=1)[:, :k]
+        ids = np.take_along_axis(cand, order, axis=1)
+        return np.where(ids >= 0, np.take_along_axis(exact, order, axis=1), -np.inf).astype(np.float32), ids
 
     def max_similarity(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sims, ids = self.search(queries, 1)
@@ -131,11 +150,22 @@ def build_index(vectors: np.ndarray, cfg, kind: str | None = None) -> SearchInde
         step = max(1, n // (40 * nlist))
         index.train(x[::step])
         index.nprobe = min(cfg.nprobe, nlist)
+    elif kind == "ivfpq":
+        nlist = default_nlist(n, cfg)
+        m = cfg.pq_m
+        if d % m:
+            raise ConfigError(f"qc.index.pq_m: {m} does not divide the embedding dimension {d}")
+        bits = 8 if n >= 256 * 39 else max(1, int(math.log2(max(n // 39, 2))))  # PQ k-means needs ~39 rows a centroid
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, bits, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 1234
+        step = max(1, n // max(40 * nlist, 256 * 40))
+        index.train(x[::step])
+        index.nprobe = min(cfg.nprobe, nlist)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = cfg.hnsw_ef_construction
     else:
-        raise ConfigError(f"qc.index.kind: unknown index kind {kind!r} (flat, ivf, hnsw)")
+        raise ConfigError(f"qc.index.kind: unknown index kind {kind!r} (flat, ivf, ivfpq, hnsw)")
     if gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     if kind == "hnsw" and cfg.hnsw_reproducible:
@@ -148,7 +178,8 @@ def build_index(vectors: np.ndarray, cfg, kind: str | None = None) -> SearchInde
     else:
         index.add(x)
     return SearchIndex(index=index, kind=kind, dim=d, on_gpu=gpu, chunk=cfg.query_chunk,
-                       k0=cfg.k, ef_search=cfg.hnsw_ef_search)
+                       k0=cfg.k, ef_search=cfg.hnsw_ef_search, vectors=x if kind == "ivfpq" else None,
+                       refine_k=cfg.refine_k)
 
 
 def save_index(idx: SearchIndex, path) -> None:
@@ -158,7 +189,8 @@ def save_index(idx: SearchIndex, path) -> None:
     faiss.write_index(index, str(path))
 
 
-def load_index(path, cfg, kind: str) -> SearchIndex:
+def load_index(path, cfg, kind: str, vectors=None) -> SearchIndex:
+    """A saved index; `vectors` (the indexed unit vectors, e.g. a memory map) lets IVF-PQ re-score."""
     import faiss
 
     try:
@@ -169,4 +201,4 @@ def load_index(path, cfg, kind: str) -> SearchIndex:
     if gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     return SearchIndex(index=index, kind=kind, dim=int(index.d), on_gpu=gpu, chunk=cfg.query_chunk,
-                       k0=cfg.k, ef_search=cfg.hnsw_ef_search)
+                       k0=cfg.k, ef_search=cfg.hnsw_ef_search, vectors=vectors, refine_k=cfg.refine_k)

@@ -5,10 +5,16 @@ embeddings/, manifest.json and DATACARD.md with its plots.
 It streams: one pass over the staged parts locates the kept rows and writes the rejected ones;
 the data parts are then gathered a chunk of sample_ids at a time. Everything here is rebuilt from
 staging on every run, so a finalize that was interrupted is simply redone.
+
+Nothing published is removed before its replacement is whole: data/, embeddings/ and rejected/
+are written as data.new/ (...) and then switched over in one rename each (engine.core.files.
+exchange_dirs), so at every instant the previous dataset or the new one is in place; the
+manifest, written after the switch, records every data and embeddings file (rows, sha256).
 """
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 from collections import Counter, defaultdict
 from importlib import metadata
@@ -19,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.core.files import write_json, write_table
+from engine.core.files import exchange_dirs, file_record, recover_dir, write_json, write_table
 from engine.core.status import RowStatus, status_array
 from engine.synth.layout import RunLayout
 from engine.core.sink import with_hf_features
@@ -66,13 +72,18 @@ def _global_qc(round_dir: Path) -> dict[str, tuple[bool, str]]:
     return {s: (k, r) for s, k, r in zip(*(t.column(c).to_pylist() for c in ("sample_id", "kept", "reason")))}
 
 
-def scan_staging(staging: Path, out: Path, image_backend: str) -> _Scan:
-    """Locate kept rows, write rejected/ part by part, count reasons and busy time."""
+def _fresh(directory: Path) -> Path:
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def scan_staging(staging: Path, out: Path, image_backend: str, rejected_dir: Path | None = None) -> _Scan:
+    """Locate kept rows, write the rejected attempts part by part (into rejected_dir, default
+    OUT/rejected), count reasons and busy time."""
     scan = _Scan()
-    rejected_dir = RunLayout(out).rejected
-    rejected_dir.mkdir(parents=True, exist_ok=True)
-    for old in rejected_dir.glob("*.parquet"):
-        old.unlink()
+    rejected_dir = _fresh(Path(rejected_dir) if rejected_dir is not None else RunLayout(out).rejected)
     for round_dir in sorted(staging.glob("round-*")):
         if not RunLayout.done_marker(round_dir).is_file():
             continue  # a round still open (a stopped run) is not part of the dataset yet
@@ -158,14 +169,13 @@ def sample_table(rows: pa.Table, report_info: dict) -> pa.Table:
     })
 
 
-def write_data(scan: _Scan, out: Path, report_info: dict) -> list[str]:
-    """data/ and embeddings/ in sample_id order, ROWS_PER_PART rows a part, reading each staged part
-    about once (staged parts are roughly in plan order)."""
-    data_dir, emb_dir = RunLayout(out).data, RunLayout(out).embeddings
+def write_data(scan: _Scan, data_dir: Path, emb_dir: Path, report_info: dict) -> tuple[list[str], dict]:
+    """data/ and embeddings/ (into the given, fresh directories) in sample_id order, ROWS_PER_PART
+    rows a part, reading each staged part about once (staged parts are roughly in plan order).
+    -> (kept ids, {relative path: record})"""
+    records = {}
     for d in (data_dir, emb_dir):
-        d.mkdir(parents=True, exist_ok=True)
-        for old in d.glob("part-*.parquet"):
-            old.unlink()
+        _fresh(d)
     ordered = sorted(scan.kept)
     cache: dict[Path, pa.Table] = {}
     for j, start in enumerate(range(0, len(ordered), ROWS_PER_PART)):
@@ -188,7 +198,9 @@ def write_data(scan: _Scan, out: Path, report_info: dict) -> list[str]:
         emb = rows.select(["sample_id", "embedding"])
         write_table(emb.set_column(1, "embedding", _as(emb.column("embedding"), pa.list_(pa.float32()))),
                     emb_dir / name)
-    return ordered
+        for kind, d in (("data", data_dir), ("embeddings", emb_dir)):
+            records[f"{kind}/{name}"] = file_record(d / name, rows.num_rows)
+    return ordered, records
 
 
 def funnel(planned: int, scan: _Scan) -> list[tuple[str, int]]:
@@ -214,15 +226,31 @@ def throughput(scan: _Scan) -> dict:
     return out
 
 
+def recover_published(out: Path) -> None:
+    """Before anything else reads OUT: finish or undo a switch a kill interrupted, drop half-built trees."""
+    layout = RunLayout(out)
+    for d in (layout.data, layout.embeddings, layout.rejected):
+        recover_dir(d)
+        if layout.building(d).exists():
+            shutil.rmtree(layout.building(d))
+
+
 def finalize(cfg, out: Path, plan: pa.Table, staging: Path, rounds: list[dict], seconds: float) -> dict:
     from engine.synth.datacard import write_datacard
+    from engine.synth.integrity import fault_point
 
     out = Path(out)
+    layout = RunLayout(out)
     started = time.time()
-    scan = scan_staging(staging, out, cfg.images.backend)
+    recover_published(out)
+    scan = scan_staging(staging, out, cfg.images.backend, layout.building(layout.rejected))
     report_info = {"report_backend": cfg.reports.backend, "report_model": cfg.reports.model or "",
                    "report_prompt": cfg.reports.prompt}
-    kept = write_data(scan, out, report_info)
+    kept, records = write_data(scan, layout.building(layout.data), layout.building(layout.embeddings), report_info)
+    fault_point("finalize-built")
+    for d in (layout.data, layout.embeddings, layout.rejected):
+        exchange_dirs(layout.building(d), d)
+        fault_point("finalize-switched")
     planned = plan.num_rows
     manifest = {
         "syncxr_format": "syncxr-dataset/1",
@@ -242,6 +270,7 @@ def finalize(cfg, out: Path, plan: pa.Table, staging: Path, rounds: list[dict], 
         "seconds": {"pipeline": round(seconds, 1), "finalize": round(time.time() - started, 1)},
         "versions": package_versions(),
         "outputs": {"data": "data/", "rejected": "rejected/", "embeddings": "embeddings/", "card": "DATACARD.md"},
+        "files": records,
     }
     write_json(RunLayout(out).manifest, manifest)
     write_datacard(out, manifest, scan.kept_entities, plan)

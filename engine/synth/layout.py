@@ -1,15 +1,20 @@
 """The run directory of `syncxr synth`, in one place. Every path below is relative to DIR.
 
-    run.json                     the run's identity (config digest, n): a rerun must match it
+    run.json                     the marker: written by syncxr when it claims the directory; the run's
+                                 identity (config digest, n, digests of the files it reads) and
+                                 the plan's record: a rerun must match it
+    (a non-empty directory without run.json is not a run directory: syncxr refuses to write there)
     entities.parquet, stats.json, rank_frequency.png   the corpus side (written with the plan)
     plan.parquet, plan_stats.json, plan_balance.png    the plan, computed once
     staging/round-RR/part-*.parquet   rows of round RR as workers finished them (atomic, idempotent)
     staging/round-RR/global_qc.parquet   the round's near-duplicate/privacy decisions
-    staging/round-RR/DONE        the round is complete (stages and global QC)
+    staging/round-RR/.records/   one record (rows, bytes, sha256) per staged part, written with it
+    staging/round-RR/DONE        the round is complete: lists its parts and global QC with records
     data/part-*.parquet          the published dataset (engine.dataset reads it)
     embeddings/part-*.parquet    sample_id + QC embedding, in data/'s order
     rejected/part-*.parquet      every attempt not kept, with reasons and a typed status
-    manifest.json, DATACARD.md, plots/   what finalize writes last
+    manifest.json, DATACARD.md, plots/   what finalize writes last (manifest: records of data/)
+    data.new/, embeddings.new/, rejected.new/   finalize builds here, then switches each over whole
 """
 from __future__ import annotations
 
@@ -69,6 +74,11 @@ class RunLayout:
     @property
     def rejected(self) -> Path:
         return self.root / "rejected"
+
+    @staticmethod
+    def building(directory: Path) -> Path:
+        """Where finalize writes the next version of a published directory before the switch."""
+        return directory.with_name(directory.name + ".new")
 
     @property
     def manifest(self) -> Path:

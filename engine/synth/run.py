@@ -6,14 +6,20 @@ row is a pure function of (plan row, attempt, config). So a rerun reads what is 
 it, and recomputes only the rest; a round is closed by a marker file once its global QC is
 decided, and the final dataset is always rebuilt from the staged parts.
 
-Layout of DIR: plan.parquet, staging/round-R/{part-*.parquet, global_qc.parquet, DONE},
-data/part-*.parquet, rejected/part-*.parquet, embeddings/part-*.parquet, manifest.json,
-DATACARD.md (+ plots).
+A rerun trusts nothing it has not checked (engine/synth/integrity.py): the directory must be
+syncxr's and this run's (run.json: config digest, n, digests of the files it reads), the plan must
+match its record, and each round's staged parts and global QC their records; a part that is
+missing or damaged is deleted and its rows recomputed, a damaged global QC decided again. The
+directory is claimed only after the pre-flight checks (stages, cluster, plan settings) pass.
+
+Layout of DIR: engine/synth/layout.py.
 """
 from __future__ import annotations
 
-import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +31,7 @@ import pyarrow.parquet as pq
 
 from engine.core.errors import UserError
 from engine.plan.sampler import PLAN_SCHEMA
-from engine.core.files import write_json
+from engine.core.files import RECORDS, file_record
 from engine.core.status import RowStatus
 from engine.synth.layout import RunLayout
 from engine.core.sink import read_parts
@@ -103,61 +109,221 @@ def staged_ids(round_dir: Path) -> set[str]:
     return set(t.column("sample_id").to_pylist()) if t is not None else set()
 
 
-def read_or_write_plan(cfg, n: int, out: Path) -> pa.Table:
-    """Reuse DIR/plan.parquet (it must have n rows) or write it from the corpus."""
-    path = RunLayout(out).plan
-    if path.is_file():
-        plan = pq.read_table(path)
-        missing = [f.name for f in PLAN_SCHEMA if f.name not in plan.column_names]
-        if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
-        if plan.num_rows != n:
-            raise UserError(f"{path} holds {plan.num_rows} samples but --n is {n}: use another --out, or --n {plan.num_rows}")
-        return plan.select([f.name for f in PLAN_SCHEMA])
-    from engine.text.vocabulary import write_entities
-    from engine.plan.write import write_plan
-
-    table, _ = write_entities(cfg, out)  # the corpus side of the data card's balance plot
-    plan, _ = write_plan(cfg, n, out, table)
-    return plan
-
-
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def check_run_config(cfg, out: Path, n: int) -> None:
-    """A directory belongs to one (config, n): resuming with other settings would mix datasets."""
-    path = RunLayout(out).run_json
-    mine = {"config_digest": cfg.digest(), "n": n}
-    if path.is_file():
-        theirs = json.loads(path.read_text())
-        if {k: theirs.get(k) for k in mine} != mine:
-            raise UserError(
-                f"{out} holds a run with other settings (config digest {theirs.get('config_digest')}, "
-                f"n={theirs.get('n')}; now {mine['config_digest']}, n={n}): use a new --out")
+# ---------------------------------------------------------------- the plan and the directory's claim
+
+PLAN_FILES = ("entities.parquet", "stats.json", "rank_frequency.png", "plan.parquet", "plan_stats.json",
+              "plan_balance.png")
 
 
-def record_run_config(cfg, out: Path, n: int) -> None:
-    """Claim the directory, once the plan is there (a run that failed before has not claimed it)."""
-    if not RunLayout(out).run_json.is_file():
-        write_json(RunLayout(out).run_json, {"config_digest": cfg.digest(), "n": n, "config": cfg.model_dump(mode="json")})
+def check_exclusive_pairs(cfg, table: pa.Table) -> None:
+    """Every plan.exclusive_pairs entry names an entity the lexicon or the corpus knows (a typo
+    would silently constrain nothing)."""
+    import difflib
+
+    from engine.text.lexicon import load_lexicon
+
+    lexicon_path = cfg.resolve(cfg.extractor.lexicon)
+    lexicon = load_lexicon(lexicon_path)
+    known = set(table.column("text").to_pylist()) | {e.name for e in lexicon}
+    for i, pair in enumerate(cfg.plan.exclusive_pairs):
+        for text in pair:
+            if text not in known:
+                close = difflib.get_close_matches(text, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UserError(f"plan.exclusive_pairs[{i}]: {text!r} is not an entity of the lexicon "
+                                f"({lexicon.source}) or the corpus{hint}")
+
+
+PLAN_BYTES_PER_ENTITY = 400  # peak memory of sampling, measured: ~2.2 KB per sample of k+m=6
+
+
+def available_memory() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def check_plan_memory(cfg, n: int) -> None:
+    """Refuse a plan that cannot fit in memory before trying (numpy would fail half-way through)."""
+    need = n * (cfg.plan.k + cfg.plan.m) * PLAN_BYTES_PER_ENTITY
+    have = available_memory()
+    if have is not None and need > have:
+        raise UserError(f"--n {n}: the plan needs about {need / 2**30:.0f} GiB of memory, more than the "
+                        f"{have / 2**30:.0f} GiB available: plan fewer samples")
+
+
+def compute_plan_files(cfg, n: int, where: Path, entities: pa.Table | None = None) -> tuple[pa.Table, dict]:
+    """Extract the corpus (unless an entity table is given), check the plan settings and write
+    the plan's files into `where` (a private temporary directory). -> (plan, plan stats)"""
+    from engine.plan.write import write_plan
+    from engine.text.vocabulary import write_entities
+
+    check_plan_memory(cfg, n)
+    if entities is None:
+        entities, _ = write_entities(cfg, where)  # the corpus side of the data card's balance plot
+    check_exclusive_pairs(cfg, entities)
+    return write_plan(cfg, n, where, entities)
+
+
+def _move_into(src_dir: Path, out: Path) -> dict:
+    """Move the files of src_dir into out, each atomically; -> {name: record}."""
+    from engine.core.files import atomic_path, file_record
+
+    records = {}
+    for f in sorted(src_dir.iterdir()):
+        if not f.is_file():
+            continue
+        with atomic_path(out / f.name) as tmp:
+            shutil.copyfile(f, tmp)
+        records[f.name] = file_record(out / f.name)
+    return records
+
+
+def plan_files_ok(out: Path, marker: dict) -> str:
+    """'' when the plan files recorded in run.json are all there and intact, else why not."""
+    from engine.synth.integrity import check_unrecorded_table, matches
+
+    recorded = marker.get("files")
+    if recorded is None:  # an older run: the plan only, read whole
+        why, _ = check_unrecorded_table(RunLayout(out).plan)
+        return f"plan.parquet: {why}" if why else ""
+    for name, record in recorded.items():
+        why = matches(out / name, record)
+        if why:
+            return f"{name}: {why}"
+    return ""
+
+
+def settle_plan(cfg, n: int, out: Path, mine: dict, theirs: dict | None, entities: pa.Table | None = None,
+                rewrite: bool = False) -> tuple[pa.Table, dict | None]:
+    """The run's plan, checked against its record, and the directory claimed for `mine`.
+
+    A plan that is there and intact is reused. Otherwise (a new directory, a damaged or deleted
+    plan file, or `rewrite`) it is computed in a temporary directory first: only a plan whose
+    settings pass claims the directory, and a recomputed plan must be the one recorded.
+    -> (plan, stats when computed)"""
+    from engine.synth.integrity import claim, plan_digest
+
+    out = Path(out)
+    layout = RunLayout(out)
+    if theirs is not None and not rewrite:
+        why = plan_files_ok(out, theirs)
+        if not why:
+            plan = _read_plan(layout.plan, n)
+            claim(out, mine, theirs, plan_digest=theirs.get("plan_digest") or plan_digest(plan),
+                  files=theirs.get("files") or {"plan.parquet": file_record(layout.plan, plan.num_rows)})
+            return plan, None
+        log(f"{out}: {why}; recomputing the plan")
+    with tempfile.TemporaryDirectory(prefix="syncxr-plan-") as tmp:
+        plan, stats = compute_plan_files(cfg, n, Path(tmp), entities)
+        digest = plan_digest(plan)
+        if theirs is not None and theirs.get("plan_digest") not in (None, digest):
+            raise UserError(f"{layout.plan}: the recorded plan cannot be rebuilt (the corpus or entity table "
+                            f"now gives another plan): this run cannot resume; use another --out")
+        staged = {name: file_record(Path(tmp) / name) for name in PLAN_FILES if (Path(tmp) / name).is_file()}
+        claim(out, mine, theirs, plan_digest=digest, files=staged)  # the claim, then the files it names
+        _move_into(Path(tmp), out)
+    return plan, stats
+
+
+def _read_plan(path: Path, n: int) -> pa.Table:
+    plan = pq.read_table(path)
+    missing = [f.name for f in PLAN_SCHEMA if f.name not in plan.column_names]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
+    if plan.num_rows != n:
+        raise UserError(f"{path} holds {plan.num_rows} samples but --n is {n}: use another --out, or --n {plan.num_rows}")
+    return plan.select([f.name for f in PLAN_SCHEMA])
+
+
+def owned_run(out: Path, mine: dict, command: str = "synth") -> dict | None:
+    """The marker of OUT if `mine` may write there (None: a new or empty directory), else a UserError."""
+    from engine.synth.integrity import identity_conflict, read_marker
+
+    theirs = read_marker(out)
+    if theirs is None:
+        return None
+    if mine["kind"] == "plan" and theirs["kind"] != "plan":
+        raise UserError(f"{out} is a synth run directory: its plan belongs to that run and is not rewritten; "
+                        "use another --out")
+    conflict = identity_conflict(theirs, mine)
+    if conflict:
+        raise UserError(f"{out} {conflict}: use a new --out")
+    return theirs
+
+
+def read_or_write_plan(cfg, n: int, out: Path, entities: pa.Table | None = None, extra_inputs=None) -> pa.Table:
+    """Reuse OUT's plan (it must be intact and have n rows) or write it, claiming OUT for a plan
+    that `syncxr synth` with the same settings adopts."""
+    from engine.synth.integrity import check_out_arg, identity
+
+    out = check_out_arg(out)
+    mine = identity(cfg, n, "plan", extra_inputs)
+    theirs = owned_run(out, mine)
+    if theirs is not None and theirs["kind"] == "synth":
+        mine = {**mine, "kind": "synth"}
+    return settle_plan(cfg, n, out, mine, theirs, entities)[0]
+
+
+# ---------------------------------------------------------------- the run
+
+
+class _Cluster:
+    """Ray and the privacy index, started when first needed (a finished run, or one whose open
+    rounds are small, reruns without it)."""
+
+    def __init__(self, cfg, address, stages):
+        self.cfg, self.address, self.stages = cfg, address, stages
+        self.ray = None
+        self._privacy = False
+
+    def start(self):
+        from engine.core.ray_session import cluster_address, init_ray
+        from engine.synth.round import check_stage_resources
+
+        if self.ray is None:
+            self.ray = init_ray(self.cfg.engine, self.address)
+            check_stage_resources(self.ray, self.cfg, strict=cluster_address(self.cfg.engine, self.address) is None)
+        return self.ray
+
+    def privacy(self):
+        from engine.qc.stages import embedder_signature, privacy_reference
+
+        if self._privacy is False:
+            self._privacy = privacy_reference(self.cfg, embedder_signature(self.cfg.qc.embedder))
+        return self._privacy
 
 
 def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
-    from engine.qc.stages import embedder_signature, privacy_reference
-    from engine.core.ray_session import cluster_address, init_ray
-    from engine.synth.round import (build_round_dataset, can_run_inline, check_stage_resources, decide_global_qc,
-                                     prepare_stages, run_round_inline)
+    from engine.core.ray_session import cluster_address, probe_address
+    from engine.synth.finalize import recover_published
+    from engine.synth.integrity import check_out_arg, fault_point, identity
+    from engine.synth.round import prepare_stages
 
-    out = Path(out)
+    out = check_out_arg(out)
     stages = prepare_stages(cfg)  # driver-side checks (backends, prompt, bank) before any work
-    check_run_config(cfg, out, n)
-    plan = read_or_write_plan(cfg, n, out)
-    record_run_config(cfg, out, n)
-    ray = init_ray(cfg.engine, address)
-    check_stage_resources(ray, cfg, strict=cluster_address(cfg.engine, address) is None)
-    privacy_index = privacy_reference(cfg, embedder_signature(cfg.qc.embedder))
+    mine = identity(cfg, n, "synth")
+    theirs = owned_run(out, mine)
+    cluster = _Cluster(cfg, address, stages)
+    target = cluster_address(cfg.engine, address)
+    if target:
+        probe_address(target)  # fails fast, before anything is written
+    if theirs is None or theirs["kind"] != "synth":
+        cluster.start()  # the pre-flight checks that need the cluster pass before the claim
+        cluster.privacy()
+    plan, _ = settle_plan(cfg, n, out, mine, theirs)
+    fault_point("plan-written")
+    recover_published(out)
     layout = RunLayout(out)
     staging = layout.staging
     kept: set[str] = set()
@@ -166,25 +332,17 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
     for r in range(cfg.engine.max_rounds):
         if len(kept) >= plan.num_rows:
             break
-        round_dir = layout.round_dir(r)
         t0 = time.time()
-        resumed = layout.done_marker(round_dir).is_file()
-        if not resumed:
-            pending = pending_rows(plan, kept | staged_ids(round_dir), r)
-            if pending.num_rows:
-                tally = RoundTally()
-                prefix = layout.part_prefix(r)
-                if r > 0 and pending.num_rows <= cfg.engine.inline_max_rows and can_run_inline(cfg, stages):
-                    batches = run_round_inline(cfg, stages, pending, round_dir, prefix)
-                else:
-                    ds = build_round_dataset(ray, cfg, stages, pending, round_dir, prefix)
-                    batches = ds.iter_batches(batch_size=None, batch_format="numpy")
-                for batch in batches:
-                    tally.add(batch)
-                    check_error_budget(tally, cfg.engine.max_error_fraction, staging)
-            decide_global_qc(cfg, staging, r, privacy_index)
-            layout.done_marker(round_dir).touch()
-        summary = round_summary(round_dir, r)
+        for _ in range(3):
+            summary, resumed = _round(cfg, stages, cluster, plan, kept, layout, r)
+            lost = summary.pop("lost")
+            if not lost:
+                break
+            # global QC names rows that are not staged: their part is gone; recompute them
+            log(f"round {r}: {len(lost)} decided row(s) are not staged any more; reopening the round")
+            layout.done_marker(layout.round_dir(r)).unlink(missing_ok=True)
+        else:
+            raise UserError(f"{layout.round_dir(r)}: rows keep disappearing from the staged parts; check the disk")
         kept |= summary.pop("kept_ids")
         summary["seconds"] = round(time.time() - t0, 1)
         rounds.append(summary)
@@ -194,6 +352,51 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
     from engine.synth.finalize import finalize
 
     return finalize(cfg, out, plan, staging, rounds, seconds=time.time() - started)
+
+
+def _round(cfg, stages, cluster, plan, kept: set, layout: RunLayout, r: int) -> tuple[dict, bool]:
+    """Check, run (what is pending), decide and seal round r. -> (summary, already done)"""
+    from engine.synth.integrity import check_round, fault_point, seal_round
+    from engine.synth.round import build_round_dataset, can_run_inline, decide_global_qc, run_round_inline
+
+    round_dir = layout.round_dir(r)
+    check = check_round(round_dir)
+    if check.damaged:
+        log(f"round {r}: {len(check.damaged)} staged part(s) missing or damaged, recomputing their rows: "
+            f"{check.describe()}")
+    if not check.sealed and not check.damaged and not check.qc_ok and round_dir.is_dir() \
+            and RunLayout.global_qc(round_dir).exists():
+        log(f"round {r}: its global QC table is damaged; deciding it again")
+    if not check.sealed:
+        reopened = round_dir.is_dir()  # a round started before: what is left is usually small
+        round_dir.mkdir(parents=True, exist_ok=True)
+        (round_dir / RECORDS).mkdir(exist_ok=True)  # every part gets a record as it is written
+        pending = pending_rows(plan, kept | staged_ids(round_dir), r)
+        if pending.num_rows:
+            tally = RoundTally()
+            prefix = layout.part_prefix(r)
+            if ((r > 0 or reopened) and pending.num_rows <= cfg.engine.inline_max_rows
+                    and can_run_inline(cfg, stages)):
+                batches = run_round_inline(cfg, stages, pending, round_dir, prefix)
+            else:
+                ds = build_round_dataset(cluster.start(), cfg, stages, pending, round_dir, prefix)
+                batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+            for batch in batches:
+                tally.add(batch)
+                fault_point("round-batch")
+                check_error_budget(tally, cfg.engine.max_error_fraction, layout.staging)
+        fault_point("global-qc")
+        decide_global_qc(cfg, layout.staging, r, cluster.privacy())
+        fault_point("global-qc-written")
+        seal_round(round_dir)
+    summary = round_summary(round_dir, r)
+    if summary["unjudged"]:
+        # staged rows that passed the stages have no global-QC decision: decide again
+        decide_global_qc(cfg, layout.staging, r, cluster.privacy())
+        seal_round(round_dir)
+        summary = round_summary(round_dir, r)
+    summary.pop("unjudged")
+    return summary, check.sealed
 
 
 def round_summary(round_dir: Path, r: int) -> dict:
@@ -210,11 +413,16 @@ def round_summary(round_dir: Path, r: int) -> dict:
                 key = RowStatus.parse(reason).stage
                 rejected_by[key] = rejected_by.get(key, 0) + 1
     passed = 0
+    passed_ids = set()
     if rows is not None:
-        for ok, reasons in zip(rows.column("ok").to_pylist(), rows.column("reasons").to_pylist()):
+        for sid, ok, reasons in zip(*(rows.column(c).to_pylist() for c in ("sample_id", "ok", "reasons"))):
             passed += bool(ok)
+            if ok:
+                passed_ids.add(sid)
             if not ok and reasons:
                 key = RowStatus.parse(reasons[0]).stage
                 rejected_by[key] = rejected_by.get(key, 0) + 1
+    decided = set(qc.column("sample_id").to_pylist()) if qc is not None else set()
     return {"round": r, "tried": rows.num_rows if rows is not None else 0, "passed_stages": passed,
-            "kept": len(kept_ids), "kept_ids": kept_ids, "rejected_by": rejected_by}
+            "kept": len(kept_ids & passed_ids), "kept_ids": kept_ids & passed_ids, "rejected_by": rejected_by,
+            "lost": decided - passed_ids, "unjudged": passed_ids - decided}

@@ -32,9 +32,9 @@ def merge(base: dict, overrides: dict | None, where: str = "overrides") -> dict:
 
 
 def load_config(name: str, overrides: dict | None = None) -> dict:
-    path = CONFIG_DIR / f"{name}.json"
-    if not isinstance(name, str) or not path.is_file():
+    if name not in list_models():
         raise UserError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    path = CONFIG_DIR / f"{name}.json"
     with open(path) as f:
         base = json.load(f)
     config = merge(base, overrides)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from engine.core.errors import ConfigError, UserError
+from train.models.text_encoders import without_pooler
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -112,10 +113,11 @@ class HFVisionEncoder(nn.Module):
         if from_dir is None and not source:
             raise ConfigError("image_encoder.path: a transformers vision model needs a directory or hub id")
         try:
+            # no pooler: unused parameters would break DDP's gradient reduction
             if from_dir is not None:
-                self.model = AutoModel.from_config(AutoConfig.from_pretrained(from_dir))
+                self.model = without_pooler(AutoModel.from_config, AutoConfig.from_pretrained(from_dir))
             else:
-                self.model = AutoModel.from_pretrained(source)
+                self.model = without_pooler(AutoModel.from_pretrained, source)
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"image_encoder.path {source!r} cannot be loaded as a transformers vision model: "
                             f"{type(exc).__name__}") from None

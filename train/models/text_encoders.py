@@ -30,9 +30,9 @@ def _smallbert_tokenizer(spec: dict, text_corpus: Iterable[str] | None, tokenize
     return tokenizer
 
 
-def _without_pooler(make, source):
-    """BERT's pooler (dense + tanh, trained for next-sentence prediction) is unused here; models
-    whose class takes no add_pooling_layer are built as they are."""
+def without_pooler(make, source):
+    """Build without the pooler (BERT's dense + tanh for next-sentence prediction, ViT's): it is
+    unused here, and unused parameters break DDP. Classes without the option are built as they are."""
     try:
         return make(source, add_pooling_layer=False)
     except TypeError:
@@ -51,7 +51,7 @@ class TextEncoder(nn.Module):
         if from_dir is not None:  # load_model: architecture from the saved config, weights later
             self.tokenizer = tok.load_tokenizer(str(Path(from_dir) / "tokenizer"))
             config = AutoConfig.from_pretrained(str(Path(from_dir) / "text_encoder"))
-            self.model = _without_pooler(AutoModel.from_config, config)
+            self.model = without_pooler(AutoModel.from_config, config)
         elif kind == "smallbert":
             self.tokenizer = _smallbert_tokenizer(spec, text_corpus, tokenizer_dir)
             config = BertConfig(vocab_size=len(self.tokenizer), hidden_size=int(spec["hidden_size"]),
@@ -69,7 +69,7 @@ class TextEncoder(nn.Module):
                 raise ConfigError("text_encoder.path: a transformers text model needs a directory or hub id")
             self.tokenizer = tok.load_tokenizer(tokenizer_dir or source)
             try:
-                self.model = _without_pooler(AutoModel.from_pretrained, source)
+                self.model = without_pooler(AutoModel.from_pretrained, source)
             except Exception as exc:  # noqa: BLE001
                 raise UserError(f"text_encoder.path {source!r} cannot be loaded as a transformers model: "
                                 f"{type(exc).__name__}") from None

@@ -4,13 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.core.config import load_config
-from engine.plan.write import write_plan
 from engine.text.vocabulary import read_entity_table
 
 
 def register(sub) -> None:
     p = sub.add_parser("plan", help="sample a balanced entity plan (plan.parquet)",
-                       description='Samples N entity sets in a balanced way (k clinical + m anatomy entities each, a global cap per entity, no contradictory pairs). Writes OUT/plan.parquet (sample_id, entities, seed), OUT/plan_stats.json and OUT/plan_balance.png; prints the balance table.')
+                       description='Samples N entity sets in a balanced way (k clinical + m anatomy entities each, a global cap per entity, no contradictory pairs). Writes OUT/plan.parquet (sample_id, entities, seed), OUT/plan_stats.json and OUT/plan_balance.png (with the corpus entity table unless --entities is given) and claims OUT for this plan (OUT/run.json); `syncxr synth` with the same settings and --out continues from it. OUT must be new, empty or a plan directory with the same settings: the directory of a synth run is never rewritten.')
     p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
     p.add_argument("--n", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output directory")
@@ -19,10 +18,18 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from engine.core.errors import UserError
+    from engine.synth.integrity import check_out_arg, identity
+    from engine.synth.run import owned_run, settle_plan
+
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1, got {args.n}")
+    out = check_out_arg(args.out)
     cfg = load_config(args.config)
-    out = Path(args.out)
     table = read_entity_table(Path(args.entities)) if args.entities else None
-    _, stats = write_plan(cfg, args.n, out, table)
+    mine = identity(cfg, args.n, "plan", {"entities": Path(args.entities)} if args.entities else None)
+    theirs = owned_run(out, mine)
+    _, stats = settle_plan(cfg, args.n, out, mine, theirs, table, rewrite=True)
     print(format_plan_stats(stats))
     print(f"wrote {out / 'plan.parquet'}, {out / 'plan_stats.json'}, {out / 'plan_balance.png'}")
     return 0

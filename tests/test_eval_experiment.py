@@ -1,0 +1,55 @@
+"""The experiment's own logic: how the real-like pairs are spoilt, what each arm trains on, how
+seeds are summarised, and the zero-shot validation hook (the end-to-end run is `syncxr experiment`)."""
+from __future__ import annotations
+
+import numpy as np
+import yaml
+
+from eval.experiment import arm_overrides, load_experiment_config, real_like_config, spoil_plan, summarise
+
+
+def test_spoiling_moves_the_asked_share_of_reports_and_degrades_the_asked_share_of_images():
+    report_of, kinds = spoil_plan(200, 0.1, 0.15, seed=3)
+    moved = np.flatnonzero(report_of != np.arange(200))
+    assert len(moved) == 20  # every chosen report lands on another image (a cycle)
+    assert sorted(report_of) == list(range(200))  # a permutation: no report lost or doubled
+    assert len(kinds) == 30 and set(kinds.values()) <= {"lateral", "inverted", "overexposed", "underexposed",
+                                                       "cropped", "rotated", "blank", "noise", "text"}
+    again = spoil_plan(200, 0.1, 0.15, seed=3)
+    assert (again[0] == report_of).all() and again[1] == kinds
+    assert (spoil_plan(50, 0.0, 0.0, 1)[0] == np.arange(50)).all()
+
+
+def test_arms_share_one_step_budget():
+    real, syn_used, real_used = arm_overrides("real", 1, 500, 4)
+    assert real["data"]["mix"] == {"mode": "real"} and (syn_used, real_used) == (False, True)
+    concat = arm_overrides("mixed-concat", 1, 500, 4)[0]
+    assert concat["epochs"] == 2  # twice the pairs, half the epochs
+    ratio, syn_used, real_used = arm_overrides("mixed-ratio", 2, 500, 4)
+    assert ratio["data"]["mix"] == {"mode": "ratio", "ratio": 0.5, "total": 500} and ratio["seed"] == 2
+    assert syn_used and real_used
+
+
+def test_summary_gives_mean_and_spread_per_arm():
+    runs = [{"arm": "real", "common": 0.6, "rare": 0.5}, {"arm": "real", "common": 0.8, "rare": 0.7},
+            {"arm": "synthetic", "common": 0.9, "rare": 0.8}]
+    rows = summarise(runs, ["real", "synthetic"], {"real": 0.4, "synthetic": 0.1})
+    assert rows[0]["common_mean"] == 0.7 and abs(rows[0]["common_std"] - np.std([0.6, 0.8], ddof=1)) < 1e-12
+    assert rows[1]["seeds"] == 1 and rows[1]["rare_std"] == 0.0 and rows[1]["undrawable_share"] == 0.1
+
+
+def test_the_shipped_config_loads_and_the_real_like_config_mirrors_the_corpus(tmp_path):
+    cfg, _ = load_experiment_config("configs/experiment-local.yaml")
+    assert len(cfg.seeds) >= 3 and set(cfg.arms) == {"real", "synthetic", "mixed-concat", "mixed-ratio"}
+    data = yaml.safe_load(real_like_config(cfg.synth_config, tmp_path).read_text())
+    assert data["plan"]["mode"] == "corpus" and data["reports"]["backend"] == "corpus"
+
+
+def test_zero_shot_validation_hook_scores_a_model():
+    from eval.validation import phantom_zero_shot
+    from train.models import create_model
+
+    model = create_model("convirt-resnet18-smallbert", text_corpus=["no pleural effusion", "mild cardiomegaly"] * 10,
+                         overrides={"image": {"image_size": 64, "resize_to": 72}})
+    out = phantom_zero_shot(model, "cpu", per_class=2)
+    assert set(out) == {"val_zero_shot_auc", "val_zero_shot_acc"} and 0 <= out["val_zero_shot_auc"] <= 1
