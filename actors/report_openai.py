@@ -16,9 +16,10 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.errors import ConfigError
-from engine.core.stage import Backend, validate_options
+from engine.core.stage import validate_options
 from engine.reports.prompts import PromptTemplate, render_messages
 from engine.reports.pipeline import (
+    DatasetReportWriter,
     attach_per_candidate,
     candidate_seed,
     entity_problem,
@@ -244,12 +245,10 @@ def build_report_processor(rcfg, prompt: PromptTemplate):
     return build_processor(processor_config(rcfg), preprocess=pre, postprocess=post)
 
 
-class OpenAIReportWriter(Backend):
-    """Report writer over an OpenAI-compatible HTTP endpoint, a dataset-level processor."""
+class OpenAIReportWriter(DatasetReportWriter):
+    """Report writer over an OpenAI-compatible HTTP endpoint."""
 
-    name, section, Options, attach_mode = "openai", "reports", OpenAIOptions, "dataset"
-    reads = ("sample_id", "entities", "seed")
-    writes = ("candidates", "truncated", "gen_error")
+    name, Options = "openai", OpenAIOptions
 
     @classmethod
     def check(cls, rcfg, cfg=None) -> None:

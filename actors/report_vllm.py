@@ -10,8 +10,9 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.reports.prompts import PromptTemplate, render_messages
-from engine.core.stage import Backend, entity_lists, validate_options
+from engine.core.stage import entity_lists, validate_options
 from engine.reports.pipeline import (
+    DatasetReportWriter,
     attach_per_candidate,
     candidate_seed,
     check_model_source,
@@ -97,12 +98,10 @@ def build_report_processor(rcfg, prompt: PromptTemplate):
     )
 
 
-class VLLMReportWriter(Backend):
-    """Report writer on vLLM engine replicas, a dataset-level processor (ray.data.llm)."""
+class VLLMReportWriter(DatasetReportWriter):
+    """Report writer on vLLM engine replicas (ray.data.llm)."""
 
-    name, section, Options, attach_mode = "vllm", "reports", VLLMOptions, "dataset"
-    reads = ("sample_id", "entities", "seed")
-    writes = ("candidates", "truncated", "gen_error")
+    name, Options = "vllm", VLLMOptions
 
     @classmethod
     def check(cls, rcfg, cfg=None) -> None:

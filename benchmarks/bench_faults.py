@@ -55,8 +55,8 @@ def trial(i: int, rng: random.Random, cfg: Path, n: int, reference_dir: Path, re
     fresh = kind.startswith("kill") and rng.random() < 0.5 and kind == "kill"
     if not fresh:
         shutil.copytree(reference_dir, out, symlinks=True)
-        if rng.random() < 0.5 and kind != "damage":
-            # an interrupted run rather than a finished one: the last round unsealed, a part lost
+        if kind != "damage":
+            # an interrupted run rather than a finished one: the round unsealed, parts lost
             for done in out.glob("staging/round-*/DONE"):
                 done.unlink()
             parts = sorted(out.glob("staging/round-*/part-*.parquet"))
@@ -90,6 +90,7 @@ def trial(i: int, rng: random.Random, cfg: Path, n: int, reference_dir: Path, re
         first = syncxr(synth_args(cfg, n, out), fault=remount_ro_fault(point, out), wrap=readonly_wrap(out))
     if first is not None:
         record["first_rc"] = first.rc
+        record["fired"] = first.rc == -9 if "kill" in kind else first.rc != 0
         if "Traceback" in first.stderr:
             record["outcome"] = "other"
             record["why"] = "traceback in the faulted run: " + first.stderr.strip().splitlines()[-1][:200]
@@ -120,14 +121,19 @@ def table(records: list[dict], ref: tuple[int, str], started: float, seed: int) 
     for name in ("identical", "clear stop", "other"):
         lines.append(f"| {name} | {outcomes.get(name, 0)} |")
     lines += ["", "| trial kind | trials |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(kinds.items())]
-    lines += ["", "| kill / read-only point | faults |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(faults.items())]
+    fired = Counter(r["fault"].split(" at ")[-1].split("@")[0] if "s" != r["fault"][-1:] else "random time"
+                    for r in records if r["fault"] and r.get("fired"))
+    lines += ["", "| kill / read-only point | faults | fired (the run was hit before it ended) |", "|---|---|---|"]
+    lines += [f"| {k} | {v} | {fired.get(k, 0)} |" for k, v in sorted(faults.items())]
     lines += ["", "| file damaged | times |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(damaged.items())]
     lines += ["", "| damage | times |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(hows.items())]
-    lines += ["", "| # | kind | fault | damaged | outcome | last line of the rerun |", "|---|---|---|---|---|---|"]
+    lines += ["", "| # | kind | fault (fired?) | damaged | outcome | rerun s | last line of the rerun |",
+              "|---|---|---|---|---|---|---|"]
     for r in records:
         why = r.get("why", "").replace("|", "/")
-        lines.append(f"| {r['trial']} | {r['kind']} | {r['fault'] or '-'} | {', '.join(r['damaged']) or '-'} | "
-                     f"{r['outcome']} | {why} |")
+        fault = f"{r['fault']} ({'yes' if r.get('fired') else 'no'})" if r["fault"] else "-"
+        lines.append(f"| {r['trial']} | {r['kind']} | {fault} | {', '.join(r['damaged']) or '-'} | "
+                     f"{r['outcome']} | {r.get('rerun_s', '-')} | {why} |")
     return "\n".join(lines) + "\n"
 
 

@@ -364,3 +364,26 @@ def test_train_config_refuses_unknown_fields(tmp_path):
         load_train_config(bad)
     cfg, _ = load_train_config("configs/train-local.yaml")
     assert cfg.model.name == "convirt-resnet18-smallbert" and cfg.validation.size == 200
+
+
+@pytest.mark.parametrize("name", ["train-local.yaml", "train-convirt-paper.yaml", "train-gloria-paper.yaml"])
+def test_shipped_training_configs_load_and_name_known_models(name):
+    from train.config import load_train_config
+    from train.models import list_models
+
+    cfg, _ = load_train_config(f"configs/{name}")
+    assert cfg.model.name in list_models()
+    if "paper" in name:
+        assert cfg.scaling.num_workers == 8 and cfg.scaling.use_gpu
+    if "gloria" in name:
+        assert cfg.batch_size == 48 and cfg.optim.lr == 5e-5 and cfg.optim.optimizer == "adam"
+
+
+@pytest.mark.parametrize("name", ["tune-local.yaml", "tune-paper.yaml"])
+def test_shipped_tune_configs_load_over_their_training_config(name):
+    from train.tune import load_tune_config
+
+    tcfg, cfg, _ = load_tune_config(f"configs/{name}")
+    assert len(tcfg.search.ratios) >= 3 and cfg.epochs >= 2
+    if name == "tune-local.yaml":
+        assert cfg.scaling.cpus_per_worker == 0.9 and cfg.data.limit == 600 and cfg.model.name == "convirt-resnet18-smallbert"

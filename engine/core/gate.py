@@ -42,6 +42,14 @@ def call_isolating(fn: Callable[[list], list], items: list) -> tuple[list, list[
         return results, errors
 
 
+def isolate_by_key(fn: Callable[[list], list], keyed: dict) -> tuple[dict, dict]:
+    """call_isolating over keyed items: ({key: result}, {key: exception}) for the keys that failed."""
+    keys = list(keyed)
+    results, errors = call_isolating(fn, [keyed[k] for k in keys])
+    return ({k: r for k, r, e in zip(keys, results, errors) if e is None},
+            {k: e for k, e in zip(keys, errors) if e is not None})
+
+
 def take(batch: dict, index: np.ndarray) -> dict:
     return {k: v[index] for k, v in batch.items()}
 

@@ -26,7 +26,7 @@ from engine.qc.faiss_index import SearchIndex, build_index, choose_kind, load_in
 from engine.images.pipeline import decode_png
 from engine.qc.filters import near_duplicates, privacy_filter, reference_filter, unit_vectors
 from engine.core.registry import Registry
-from engine.core.gate import call_isolating
+from engine.core.gate import isolate_by_key
 from engine.core.stage import object_column
 
 EMBEDDERS = Registry("qc.embedder")
@@ -170,12 +170,11 @@ class EmbedStage:
         n = len(images)
         vecs = np.zeros((n, self.embedder.dim), np.float32)
         good = [i for i in range(n) if not errors[i]]
-        found, failures = call_isolating(self.embedder.embed, [images[i] for i in good])
-        for i, vec, exc in zip(good, found, failures):
-            if exc is not None:
-                errors[i] = f"embedding failed: {type(exc).__name__}: {str(exc)[:200]}"
-            else:
-                vecs[i] = vec
+        found, failed = isolate_by_key(self.embedder.embed, {i: images[i] for i in good})
+        for i, vec in found.items():
+            vecs[i] = vec
+        for i, exc in failed.items():
+            errors[i] = f"embedding failed: {type(exc).__name__}: {str(exc)[:200]}"
         for i in good:
             if not errors[i] and (not np.isfinite(vecs[i]).all() or not np.any(vecs[i])):
                 errors[i] = "embedding failed: zero or non-finite vector"

@@ -24,7 +24,7 @@ from engine.core.registry import Registry
 from engine.reports.qc import choose_candidates
 from engine.core.stage import Backend, entity_lists, map_stage, object_column
 from engine.core.files import atomic_path
-from engine.core.gate import call_isolating
+from engine.core.gate import isolate_by_key
 from engine.core.status import RowStatus
 
 REPORT_BACKENDS = Registry("reports")
@@ -123,13 +123,9 @@ class CandidateStage(Backend):
                 for i in range(n)]
         todo = [i for i in range(n) if not errors[i]]
         start = time.perf_counter()
-        outs, failures = call_isolating(self.generate, [rows[i] for i in todo])
-        results = {}
-        for i, out, exc in zip(todo, outs, failures):
-            if exc is not None:
-                errors[i] = f"generation failed: {short_error(exc)}"
-            else:
-                results[i] = out
+        results, failed = isolate_by_key(self.generate, {i: rows[i] for i in todo})
+        for i, exc in failed.items():
+            errors[i] = f"generation failed: {short_error(exc)}"
         for i, (texts, flags) in results.items():
             cands[i], cut[i] = [str(t) for t in texts], [bool(f) for f in flags]
         out = dict(batch)
@@ -142,6 +138,15 @@ class CandidateStage(Backend):
 
 # Engines that answer one prompt with one text (vLLM in ray.data.llm, OpenAI servers without
 # `n`) get one row per candidate, then the candidates are grouped back by sample_id.
+
+class DatasetReportWriter(Backend):
+    """Base of the report backends that run as a processor over the whole dataset (ray.data.llm):
+    one row per (plan row, candidate) in, regrouped into candidates out."""
+
+    section, attach_mode = "reports", "dataset"
+    reads = PLAN_COLUMNS
+    writes = GENERATION_COLUMNS
+
 
 def candidate_seed(seed: int, candidate: int) -> int:
     """A distinct, reproducible sampling seed per (plan row, candidate), within int32."""
@@ -233,13 +238,9 @@ class ReportQC:
             return choose_candidates([ents[i] for i in index], [cands[i] for i in index],
                                      self.extractor.extract, self.tolerance, [cut[i] for i in index])
 
-        decided, failures = call_isolating(decide, todo)
-        decisions = {}
-        for i, d, exc in zip(todo, decided, failures):
-            if exc is not None:
-                gen_err[i] = f"qc failed: {short_error(exc)}"
-            else:
-                decisions[i] = d
+        decisions, failed = isolate_by_key(decide, {i: i for i in todo})
+        for i, exc in failed.items():
+            gen_err[i] = f"qc failed: {short_error(exc)}"
         findings, impression, accepted, reasons, attempts = [], [], [], [], []
         for i in range(n):
             d = decisions.get(i)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.core.files import save_figure, write_text
-from engine.text.stats import _plt, count_summary, entity_group, plot_balance
+from engine.text.stats import _plt, count_summary, entity_group, finish_plot, plot_balance
 
 
 def corpus_counts(out: Path, plan: pa.Table) -> tuple[dict, str]:
@@ -44,12 +44,7 @@ def plot_funnel(funnel: dict, path: Path) -> Path:
         ax.text(v, i, f" {v}", va="center", fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlabel("attempts (all rounds)")
-    ax.set_title("QC funnel")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
-    return path
+    return finish_plot(plt, fig, ax, path, "QC funnel", "attempts (all rounds)", "", legend=False, grid=False)
 
 
 def plot_throughput(stats: dict, path: Path) -> Path:
@@ -58,12 +53,8 @@ def plot_throughput(stats: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(names, [stats[k]["rows_per_s"] for k in names], color="#5a9e6f")
     ax.set_yscale("log")
-    ax.set_ylabel("rows per busy second (one actor)")
-    ax.set_title("per-stage throughput")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
-    return path
+    return finish_plot(plt, fig, ax, path, "per-stage throughput", "", "rows per busy second (one actor)",
+                       legend=False, grid=False)
 
 
 def plot_samples(data_dir: Path, path: Path, n: int = 8) -> Path | None:

@@ -188,12 +188,17 @@ _ENTRY_KEYS = {"name", "type", "synonyms", "side", "region"}
 _STATEMENT_KEYS = {"entity", "negated", "patterns"}
 
 
-def _entry_from(raw, where: str) -> Entry:
+def _check_mapping(raw, where: str, allowed: set[str], expected: str) -> None:
+    """A lexicon item is a mapping of known fields; anything else names the item and the field."""
     if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a mapping with name and type, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - _ENTRY_KEYS)
+        raise UserError(f"{where}: expected a mapping with {expected}, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise UserError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_ENTRY_KEYS))}")
+        raise UserError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _entry_from(raw, where: str) -> Entry:
+    _check_mapping(raw, where, _ENTRY_KEYS, "name and type")
     name = raw.get("name")
     if not isinstance(name, str) or not normalise_phrase(name):
         raise UserError(f"{where}: 'name' must be a non-empty string")
@@ -221,11 +226,7 @@ def _entry_from(raw, where: str) -> Entry:
 
 
 def _statement_from(raw, where: str, entries: dict[str, Entry], index: int) -> Statement:
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a mapping with entity and patterns")
-    unknown = sorted(set(raw) - _STATEMENT_KEYS)
-    if unknown:
-        raise UserError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_STATEMENT_KEYS))}")
+    _check_mapping(raw, where, _STATEMENT_KEYS, "entity and patterns")
     entity = raw.get("entity")
     if entity not in entries:
         raise UserError(f"{where}: 'entity' {entity!r} is not a canonical name of this lexicon")

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from engine.core.gate import call_isolating
+from engine.core.gate import isolate_by_key
 from engine.text.sections import split_sentences as split_clauses
 from engine.text.entities import ANATOMY, flip_polarity
 from engine.text.lexicon import Lexicon, char_span_to_tokens, compile_pattern, load_lexicon, token_starts, tokenize
@@ -288,12 +288,11 @@ def stage_call(extract, batch: dict) -> dict:
             good.append(i)
         else:
             errors[i] = f"text must be a string, got {type(v).__name__}"
-    found, failures = call_isolating(extract, [values[i] or "" for i in good])
-    for i, ents, exc in zip(good, found, failures):
-        if exc is not None:
-            errors[i] = f"extraction failed: {type(exc).__name__}: {exc}"
-        else:
-            entities[i] = ents
+    found, failed = isolate_by_key(extract, {i: values[i] or "" for i in good})
+    for i, ents in found.items():
+        entities[i] = ents
+    for i, exc in failed.items():
+        errors[i] = f"extraction failed: {type(exc).__name__}: {exc}"
     out = dict(batch)
     out["entities"] = object_column(entities)
     out["extract_error"] = object_column(errors)

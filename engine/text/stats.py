@@ -75,11 +75,19 @@ def plot_rank_frequency(table: pa.Table, path: Path, title: str = "Entity rank-f
         c = np.sort(counts[types == t])[::-1]
         if c.size:
             ax.loglog(np.arange(1, c.size + 1), c, marker=".", ms=3, lw=1, label=f"{t} ({c.size})")
-    ax.set_xlabel("rank")
-    ax.set_ylabel("reports mentioning the entity")
+    return finish_plot(plt, fig, ax, path, title, "rank", "reports mentioning the entity")
+
+
+def finish_plot(plt, fig, ax, path: Path, title: str, xlabel: str, ylabel: str, legend: bool = True,
+                grid: bool = True) -> Path:
+    """Labels, title, grid and legend, then the figure saved atomically and closed."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if grid:
+        ax.grid(True, which="both", alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
@@ -113,15 +121,8 @@ def plot_balance(corpus_counts: dict, plan_counts: dict, path: Path, title: str,
         ranks = np.arange(1, len(keys) + 1)
         ax.semilogy(ranks, c / c.sum(), lw=1.5, label=f"corpus (max/min {group_ratios(corpus_counts, keys)})")
         ax.semilogy(ranks, p / max(p.sum(), 1), lw=1.5, label=f"{label} (max/min {group_ratios(plan_counts, keys)})")
-    ax.set_xlabel(f"entity of the plan vocabulary ({len(keys)}), ranked by corpus frequency")
-    ax.set_ylabel("share of mentions")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
-    return path
+    return finish_plot(plt, fig, ax, path, title, f"entity of the plan vocabulary ({len(keys)}), ranked by corpus frequency",
+                       "share of mentions")
 
 
 def count_entities(entity_lists) -> pa.Table:

@@ -39,7 +39,9 @@ def run(args) -> int:
     out = Path(args.out)
     failed = [r for r in rows if r["error"]]
     metric = cfg.validation.metric
-    best = max((r for r in rows if not r["error"]), key=lambda r: r[f"{metric}_best"], default=None)
+    sign = 1 if tcfg.mode == "max" else -1
+    scored = [r for r in rows if not r["error"] and r[f"{metric}_best"] == r[f"{metric}_best"]]  # not NaN
+    best = max(scored, key=lambda r: sign * r[f"{metric}_best"], default=None)
     if best:
         print(f"best: ratio {best['ratio']:g} lr {best['lr']:g} {metric} {best[f'{metric}_best']:.3f}")
     print(f"{len(rows)} trials ({sum(r['stopped_early'] for r in rows)} stopped by ASHA, {len(failed)} failed): "

@@ -3,17 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.cli.args import command_parser
 from engine.core.config import load_config
 from engine.text.vocabulary import write_entities
 
 
 def register(sub) -> None:
-    p = sub.add_parser("entities", help="extract corpus entities; write counts, long-tail stats and a plot",
-                       description='Extracts the entities of every report of the configured corpus (IU X-ray by default) with the configured extractor. Writes OUT/entities.parquet (text, type, count), OUT/stats.json (long-tail figures per type) and OUT/rank_frequency.png; prints the long-tail table.')
-    p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
+    p = command_parser(sub, "entities", "extract corpus entities; write counts, long-tail stats and a plot",
+                       'Extracts the entities of every report of the configured corpus (IU X-ray by default) with the configured extractor. Writes OUT/entities.parquet (text, type, count), OUT/stats.json (long-tail figures per type) and OUT/rank_frequency.png; prints the long-tail table.',
+                       out_help='output directory')
     p.add_argument("--corpus", default=None, help="override corpus.name (iu-xray, mimic-cxr, csv, jsonl)")
     p.add_argument("--corpus-path", default=None, help="override corpus.path")
-    p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=run)
 
 

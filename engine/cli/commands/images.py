@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.cli.args import backend_overrides, command_parser
 from engine.core.config import load_config
 from engine.core.errors import UserError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("images", help="draw a chest X-ray per accepted report (images.parquet)",
-                       description='Draws one image per accepted report of a reports.parquet (or per plan row for the phantom) with the configured image backend. Writes OUT/images.parquet (sample_id, image PNG, masks, provenance), OUT/images_rejected.parquet (rows with reasons) and OUT/images_summary.json.')
-    p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
+    p = command_parser(sub, "images", "draw a chest X-ray per accepted report (images.parquet)",
+                       'Draws one image per accepted report of a reports.parquet (or per plan row for the phantom) with the configured image backend. Writes OUT/images.parquet (sample_id, image PNG, masks, provenance), OUT/images_rejected.parquet (rows with reasons) and OUT/images_summary.json.',
+                       out_help='output directory')
     p.add_argument("--reports", required=True, help="reports.parquet from `syncxr reports` (a plan.parquet works for phantom)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--backend", default=None, help="override images.backend (phantom, diffusers)")
-    p.add_argument("--model", default=None, help="override images.model (diffusers: pipeline directory or hub id)")
+    backend_overrides(p, "images", "phantom, diffusers", "diffusers: pipeline directory or hub id")
     p.add_argument("--size", type=int, default=None, help="override images.size")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
     p.set_defaults(func=run_images_command)

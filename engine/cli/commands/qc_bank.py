@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cli.args import command_parser
 from engine.core.config import load_config
 from engine.core.errors import UserError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("qc-bank", help="build the bank of problematic reference images for image QC",
-                       description="Judges a set of images, keeps the problematic ones (or all, with --keep all), embeds them and writes the bank the reference (or privacy) filter compares synthetic images against: OUT/embeddings.npy, OUT/index.faiss, OUT/metadata.json. Prints the judge's counts per flag.")
-    p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
+    p = command_parser(sub, "qc-bank", "build the bank of problematic reference images for image QC",
+                       "Judges a set of images, keeps the problematic ones (or all, with --keep all), embeds them and writes the bank the reference (or privacy) filter compares synthetic images against: OUT/embeddings.npy, OUT/index.faiss, OUT/metadata.json. Prints the judge's counts per flag.",
+                       out_help='bank directory to write')
     p.add_argument("--images", required=True, help="a directory of PNG/JPEG files or an images.parquet")
-    p.add_argument("--out", required=True, help="bank directory to write")
     p.add_argument("--keep", choices=["problematic", "all"], default="problematic",
                    help="store only the images the judge flags (default) or every image, unjudged")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")

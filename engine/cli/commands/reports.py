@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.cli.args import backend_overrides, command_parser
 from engine.core.config import load_config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("reports", help="write and QC a report per plan row (reports.parquet)",
-                       description='Writes candidate reports for every plan row with the configured writer, re-extracts their entities and keeps the first candidate whose entities equal the sampled ones. Writes OUT/reports.parquet (every row, accepted or not, with reasons) and OUT/reports_summary.json.')
-    p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
+    p = command_parser(sub, "reports", "write and QC a report per plan row (reports.parquet)",
+                       'Writes candidate reports for every plan row with the configured writer, re-extracts their entities and keeps the first candidate whose entities equal the sampled ones. Writes OUT/reports.parquet (every row, accepted or not, with reasons) and OUT/reports_summary.json.',
+                       out_help='output directory')
     p.add_argument("--plan", required=True, help="plan.parquet written by `syncxr plan`")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--backend", default=None, help="override reports.backend (template, transformers, vllm, openai)")
-    p.add_argument("--model", default=None, help="override reports.model")
+    backend_overrides(p, "reports", "template, transformers, vllm, openai, corpus", "a directory or hub id")
     p.set_defaults(func=run)
 
 
