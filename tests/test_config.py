@@ -55,3 +55,21 @@ def test_overrides_merge_and_digest_changes():
     assert other.plan.k == 2 and other.plan.m == base.plan.m
     assert base.digest() != other.digest()
     assert SyncxrConfig().digest() == SyncxrConfig().digest()
+
+
+def test_shipped_configs_are_found_from_any_directory_and_are_package_data(tmp_path, monkeypatch):
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    from engine.core.config import PACKAGED_CONFIGS, find_config_file
+
+    monkeypatch.chdir(tmp_path)  # not the checkout: configs/ is not here
+    cfg = load_config("configs/local.yaml")
+    assert cfg.reports.backend == "template" and Path(cfg.base_dir) == PACKAGED_CONFIGS
+    assert find_config_file("configs/prompts/report_v1.yaml").is_file()
+    assert not find_config_file("configs/absent.yaml").exists()
+    root = PACKAGED_CONFIGS.parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["engine"]
+    shipped = [p.relative_to(PACKAGED_CONFIGS.parent).as_posix() for p in PACKAGED_CONFIGS.rglob("*.yaml")]
+    assert shipped and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in shipped)

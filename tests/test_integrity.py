@@ -69,7 +69,6 @@ def staged_part(out: Path) -> Path:
 
 
 def all_first_attempts(out: Path) -> bool:
-    t = pq.read_table(out / "data", columns=["attempts"]) if False else None  # noqa: F841 (kept simple below)
     rows = [r for p in sorted((out / "data").glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
     return len(rows) == N and all(r["attempts"]["round"] == 0 for r in rows)
 

@@ -8,29 +8,29 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cli.args import command_parser
 from engine.core.errors import UserError
 
-METHODS = ("auto", "flat", "cluster", "ivf", "hnsw")
+METHODS = ("auto", "flat", "cluster", "ivf", "ivfpq", "hnsw")
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "dedup", help="near-duplicate removal over a table of (sample_id, embedding)",
-        description="Walk the rows in sample_id order; a row whose cosine to an earlier kept row exceeds "
+    p = command_parser(
+        sub, "dedup", "near-duplicate removal over a table of (sample_id, embedding)",
+        "Walk the rows in sample_id order; a row whose cosine to an earlier kept row exceeds "
                     "--threshold is a duplicate of the most similar such row. Pairs come from exact search up "
                     "to qc.index.exact_max rows, cluster-then-compare above it (--method overrides). "
                     "Outputs: DIR/dedup/part-*.parquet (sample_id, kept, duplicate_of, similarity) and "
-                    "DIR/summary.json; prints a summary line. Exit codes: 0 done, 2 bad input or arguments.")
+                    "DIR/summary.json; prints a summary line. Exit codes: 0 done, 2 bad input or arguments.",
+        out_help="output directory (DIR)")
     p.add_argument("--embeddings", required=True,
                    help="a parquet file (or directory of them) with `sample_id` and `embedding` (list of floats)")
     p.add_argument("--threshold", type=float, required=True, help="cosine above which two rows are duplicates")
-    p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--method", choices=METHODS, default="auto",
                    help="auto (exact up to qc.index.exact_max rows, else qc.index.dedup_method), or one method")
     p.add_argument("--ray", action="store_true",
                    help="run the steps as Ray Data operations (embeddings never gather on the driver)")
     p.add_argument("--address", default=None, help="Ray address with --ray (default: engine.address or an embedded Ray)")
-    p.add_argument("--config", default=None, help="YAML config for qc.index and engine (default: configs/local.yaml)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR/dedup")
     p.set_defaults(func=run)
 
