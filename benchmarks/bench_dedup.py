@@ -166,7 +166,7 @@ def worker(data_path: str, method: str, out_dir: str, extra: str) -> None:
     (Path(out_dir) / f"{method}.json").write_text(json.dumps(info))
 
 
-def sampled_exact(x: np.ndarray, queries: int, info: dict, budget_s: float = 420.0):
+def sampled_exact(x: np.ndarray, queries: int, info: dict, budget_s: float = 180.0):
     """Exact pairs (q, j) above the threshold for every step-th row q, against all rows. Query
     rows go in blocks of 250 in row order until `budget_s` (BENCH_SAMPLE_SECONDS) is spent, so a
     loaded machine measures fewer rows, never different ones; the rows done are saved."""

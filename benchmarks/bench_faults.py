@@ -60,7 +60,7 @@ def trial(i: int, rng: random.Random, cfg: Path, n: int, reference_dir: Path, re
             for done in out.glob("staging/round-*/DONE"):
                 done.unlink()
             parts = sorted(out.glob("staging/round-*/part-*.parquet"))
-            for p in rng.sample(parts, k=min(len(parts), rng.randint(0, 2))):
+            for p in rng.sample(parts, k=min(len(parts), rng.randint(1, 3))):
                 p.unlink()
     record = {"trial": i, "kind": kind, "fault": "", "damaged": [], "first_rc": None}
     before = content_hash(out) if out.exists() else None
@@ -74,7 +74,7 @@ def trial(i: int, rng: random.Random, cfg: Path, n: int, reference_dir: Path, re
     first = None
     if "kill" in kind:
         if rng.random() < 0.5:
-            t = rng.uniform(0.5, ref_seconds * (1.0 if fresh else 0.5))
+            t = rng.uniform(2.0, ref_seconds) if fresh else rng.uniform(2.0, 12.0)
             record["fault"] = f"kill -9 at {t:.1f}s"
             first = syncxr(synth_args(cfg, n, out), kill_after_s=t)
         else:
@@ -88,6 +88,10 @@ def trial(i: int, rng: random.Random, cfg: Path, n: int, reference_dir: Path, re
         point = rng.choice(POINTS)
         record["fault"] = f"read-only at {point}"
         first = syncxr(synth_args(cfg, n, out), fault=remount_ro_fault(point, out), wrap=readonly_wrap(out))
+        if first.rc != 0 and not (len(first.error_lines) == 1 and "Read-only file system" in first.stderr):
+            record["outcome"] = "other"
+            record["why"] = "the read-only disk was not one clear line: " + first.stderr.strip()[-300:]
+            return record
     if first is not None:
         record["first_rc"] = first.rc
         record["fired"] = first.rc == -9 if "kill" in kind else first.rc != 0

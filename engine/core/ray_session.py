@@ -38,15 +38,20 @@ NATIVE_LOG_LINE = re.compile(rb"^(\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\] |(
 
 
 def filter_native_stderr() -> None:
-    """Route this process's fd 2 through a thread that drops the core worker's log lines.
+    """Route this process's stdout and stderr through threads that drop Ray's native log lines.
     Everything else (our progress lines, Python tracebacks) passes through unchanged."""
     if getattr(filter_native_stderr, "active", False):
         return
     filter_native_stderr.active = True
-    sys.stderr.flush()
-    original = os.dup(2)
+    for fd, stream in ((1, sys.stdout), (2, sys.stderr)):
+        _filter_fd(fd, stream)
+
+
+def _filter_fd(fd: int, stream) -> None:
+    stream.flush()
+    original = os.dup(fd)
     read_end, write_end = os.pipe()
-    os.dup2(write_end, 2)
+    os.dup2(write_end, fd)
     os.close(write_end)
 
     def pump() -> None:
@@ -62,18 +67,18 @@ def filter_native_stderr() -> None:
             for line in lines:
                 if not NATIVE_LOG_LINE.match(line):
                     os.write(original, line + b"\n")
-            if pending and not pending.startswith(b"["):  # a progress line ending in \r: show it now
+            if pending and not pending.startswith((b"[", b"\x1b", b"(")):  # a progress line ending in \r
                 os.write(original, pending)
                 pending = b""
         if pending and not NATIVE_LOG_LINE.match(pending):
             os.write(original, pending)
 
-    thread = threading.Thread(target=pump, name="syncxr-stderr-filter", daemon=True)
+    thread = threading.Thread(target=pump, name=f"syncxr-fd{fd}-filter", daemon=True)
     thread.start()
 
     def restore() -> None:
-        sys.stderr.flush()
-        os.dup2(original, 2)  # the pump sees end-of-file once no process holds the pipe
+        stream.flush()
+        os.dup2(original, fd)  # the pump sees end-of-file once no process holds the pipe
         thread.join(timeout=2)
 
     atexit.register(restore)
