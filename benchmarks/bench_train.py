@@ -156,6 +156,12 @@ def main(argv=None) -> int:
         f"Ingest / model step rate = {ingest / steps_only:.1f}: the model step is the bottleneck, ingest keeps up.",
         f"Per-epoch rates: plain {[round(r, 2) for r in plain['rates']]}, 1 worker {[round(r, 2) for r in one['rates']]}, "
         f"2 workers {[round(r, 2) for r in two['rates']]}.",
+        "",
+        "Notes: on a machine shared with other jobs these rates move by tens of percent between runs. "
+        "A 2-worker rate above 2x the plain loop comes from threads: each Ray worker's torch runs one "
+        "thread (OMP_NUM_THREADS=1 from its fractional CPU) and the two processes together use both "
+        "cores, while the plain loop is held to one thread. The ingest rate is measured from the driver "
+        "over a fresh pipeline, start-up included.",
     ])
     write_results(RESULTS, text)
     return 0

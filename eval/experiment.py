@@ -69,8 +69,11 @@ def load_experiment_config(path) -> tuple[ExperimentConfig, Path]:
 
 def synth(config: Path, n: int, out: Path) -> Path:
     """A dataset through the engine's published command (the engine's run logic is not ours to import)."""
-    if (out / "manifest.json").is_file():
-        return out  # finished earlier: a rerun of the experiment reuses it
+    if (out / "manifest.json").is_file():  # finished earlier: a rerun of the experiment reuses it
+        planned = json.loads((out / "manifest.json").read_text()).get("planned")
+        if planned != n:
+            raise UserError(f"{out} holds a dataset of {planned} planned pairs, not n={n}: use another --out")
+        return out
     cmd = [sys.executable, "-m", "engine.cli", "synth", "--config", str(config), "--n", str(n), "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     # exit 3: finished with fewer samples than planned (rows report QC never accepted): usable
