@@ -99,7 +99,8 @@ class SynthDataset:
         """A Ray Dataset over data/ (Ray must be initialised by the caller, or it starts locally)."""
         import ray.data
 
-        return ray.data.read_parquet([str(f) for f in self.files], columns=columns, **read_args)
+        ds = ray.data.read_parquet([str(f) for f in self.files], **read_args)
+        return ds.select_columns(columns) if columns else ds
 
     def to_hf(self):
         """A Hugging Face `datasets.Dataset`; the image column decodes to PIL images."""

@@ -39,8 +39,8 @@ def write_problem_images(out: Path, n_clean: int = 8, seed: int = 101) -> Path:
     return src
 
 
-def run(config: str | None, out: Path, n_plan: int, n_synth: int, train_config: str = "train-local.yaml",
-        eval_per_class: int = 200) -> None:
+def run(config: str | None, out: Path, n_plan: int, n_synth: int, train_config: str = "train-demo.yaml",
+        eval_per_class: int = 100) -> None:
     cfg = load_config(config)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -115,8 +115,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--n-plan", type=int, default=2000)
     ap.add_argument("--n-synth", type=int, default=2000)
-    ap.add_argument("--train-config", default="train-local.yaml", help="a training config: a name in configs/ or a path")
-    ap.add_argument("--eval-per-class", type=int, default=200, help="phantom test images per finding")
+    ap.add_argument("--train-config", default="train-demo.yaml", help="a training config: a name in configs/ or a path")
+    ap.add_argument("--eval-per-class", type=int, default=100, help="phantom test images per finding")
     args = ap.parse_args(argv)
     try:
         run(args.config, Path(args.out), args.n_plan, args.n_synth, args.train_config, args.eval_per_class)
