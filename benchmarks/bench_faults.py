@@ -141,14 +141,14 @@ def table(records: list[dict], ref: tuple[int, str], started: float, seed: int) 
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--work", default=None, help="scratch directory (default: a temporary one, removed)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "faults.md"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     work = Path(args.work or tempfile.mkdtemp(prefix="syncxr-faults-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -176,7 +176,8 @@ def main() -> None:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -104,7 +104,8 @@ def ingest_rate(cfg, sources, plan, model) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="/tmp/synth2000", help="a `syncxr synth` dataset")
+    p.add_argument("--data", default="out/bench/synth-2000",
+                   help="a `syncxr synth` dataset (made with the local config when absent)")
     p.add_argument("--n", type=int, default=384, help="training pairs")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
@@ -117,6 +118,12 @@ def main(argv=None) -> int:
     from train.data.pipeline import load_sources, plan_data, training_texts
     from train.driver import prepare_model
 
+    if not (Path(args.data) / "manifest.json").is_file():
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, "-m", "engine.cli", "synth", "--config", "configs/local.yaml", "--n", "2000",
+                        "--out", args.data], check=True)
     cfg = base_config(args.n, args.epochs, args.batch, args.model)
     init_ray(cfg.engine)
     ray.data.DataContext.get_current().enable_progress_bars = False

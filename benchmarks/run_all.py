@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import time
 
 BENCHMARKS = ("bench_plan", "bench_extraction", "bench_reports", "bench_images", "bench_judge", "bench_dedup",
-              "bench_synth")
+              "bench_synth", "bench_train", "bench_faults")
 
 
 def main(argv=None) -> int:
@@ -22,7 +23,9 @@ def main(argv=None) -> int:
         print(f"\n===== {name}", flush=True)
         start = time.time()
         try:
-            code = importlib.import_module(f"benchmarks.{name}").main(["--quick"] if args.quick else [])
+            module = importlib.import_module(f"benchmarks.{name}")
+            quick = args.quick and "--quick" in inspect.getsource(module)  # not every benchmark has a quick form
+            code = module.main(["--quick"] if quick else [])
         except Exception as exc:  # noqa: BLE001 - report and go on to the next benchmark
             print(f"{name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             code = 1

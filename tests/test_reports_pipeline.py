@@ -181,7 +181,7 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, capsys):
 
     cases = [
         (["--plan", str(tmp_path / "missing.parquet")], "missing.parquet: plan not found"),
-        (["--plan", str(plan), "--backend", "gpt5"], "reports.backend: unknown reports backend 'gpt5'; known: openai, template, transformers, vllm"),
+        (["--plan", str(plan), "--backend", "gpt5"], "reports.backend: unknown reports backend 'gpt5'; known: corpus, openai, template, transformers, vllm"),
         (["--plan", str(plan), "--backend", "transformers", "--model", str(tmp_path / "no-model")],
          "reports.model: model directory"),
         (["--plan", str(plan), "--backend", "transformers"], "reports.model: the 'transformers' backend needs a model"),
