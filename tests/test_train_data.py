@@ -366,7 +366,8 @@ def test_train_config_refuses_unknown_fields(tmp_path):
     assert cfg.model.name == "convirt-resnet18-smallbert" and cfg.validation.size == 200
 
 
-@pytest.mark.parametrize("name", ["train-local.yaml", "train-convirt-paper.yaml", "train-gloria-paper.yaml"])
+@pytest.mark.parametrize("name", ["train-local.yaml", "train-gloria-local.yaml", "train-demo.yaml",
+                                  "train-convirt-paper.yaml", "train-gloria-paper.yaml"])
 def test_shipped_training_configs_load_and_name_known_models(name):
     from train.config import load_train_config
     from train.models import list_models
@@ -375,7 +376,10 @@ def test_shipped_training_configs_load_and_name_known_models(name):
     assert cfg.model.name in list_models()
     if "paper" in name:
         assert cfg.scaling.num_workers == 8 and cfg.scaling.use_gpu
-    if "gloria" in name:
+    else:  # the CPU recipe that learns from scratch in minutes (docs/training.md)
+        assert not cfg.data.augment and not cfg.data.random_sentence
+        assert cfg.validation.zero_shot == "eval.validation:phantom_zero_shot"
+    if "gloria" in name and "paper" in name:
         assert cfg.batch_size == 48 and cfg.optim.lr == 5e-5 and cfg.optim.optimizer == "adam"
 
 

@@ -131,3 +131,34 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_planned_step_count(tmp_pa
     assert summary["planned_steps"] == 60 and summary["final"]["step"] == 60
     from train.models import load_model
     assert load_model(run / "model").name == "convirt-resnet18-smallbert"
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    from train.loop import NONFINITE_AT_STEP_ENV
+
+    data = make_synthetic_dataset(tmp_path / "syn", 70)
+    cfg = tmp_path / "train.yaml"
+    # 60 training pairs / batch 6 = 10 steps per epoch; the loss of step 14 (epoch 2) is poisoned
+    cfg.write_text(yaml.safe_dump({
+        "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
+        "data": {"batch_size": 30, "num_cpus": 0.5}, "validation": {"size": 10, "batch_size": 10},
+        "epochs": 2, "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+        "engine": {"num_cpus": 2}}))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "engine.cli", "train", "--config", str(cfg), "--out", str(run), "--synthetic", str(data)]
+    env = {**os.environ, NONFINITE_AT_STEP_ENV: "14"}
+    env.pop("RAY_ADDRESS", None)
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "stopped: non-finite loss at step 14" in first.stdout and "Traceback" not in first.stderr
+    assert [(r["kind"], r["step"]) for r in _records(run)] == [("epoch", 10), ("stopped", 14)]
+    checkpoints = sorted((run / "ray").glob("train/checkpoint_*/state.pt"))
+    assert [torch.load(c, weights_only=True)["step"] for c in checkpoints] == [10]
+    assert not (run / "model").exists()  # no final model from broken weights
+
+    env.pop(NONFINITE_AT_STEP_ENV)
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming after step 10" in second.stdout
+    assert [(r["kind"], r["step"]) for r in _records(run)] == [("epoch", 10), ("epoch", 20)]

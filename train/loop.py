@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -24,6 +25,8 @@ from train.config import TrainConfig
 from train.retrieval import retrieval_metrics
 
 METRICS_FILE = "metrics.jsonl"
+# fault injection for tests: the loss at this global step becomes NaN (unset or 0: off)
+NONFINITE_AT_STEP_ENV = "SYNCXR_TEST_NONFINITE_AT_STEP"
 
 
 def collate(batch: dict) -> dict:
@@ -168,6 +171,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
     log_every = cfg.log_every_steps
+    poisoned_step = int(os.environ.get(NONFINITE_AT_STEP_ENV) or 0)
 
     for epoch in range(start_epoch, cfg.epochs):
         t0, seen, loss_sum, n_steps, skipped, truncated = time.perf_counter(), 0, 0.0, 0, 0, 0
@@ -188,6 +192,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             with autocast():
                 features = ddp(images, ids, mask)
                 loss, _ = core.loss(features, gather=world > 1)
+            if step + 1 == poisoned_step:
+                loss = loss * float("nan")
             finite = _all_sum([float(not torch.isfinite(loss.detach()).item())], world)[0] == 0
             if not finite:
                 bad_step = step + 1

@@ -22,7 +22,7 @@ def format_record(r: dict, epochs: int, steps_total: int) -> str:
         return f"  stopped: non-finite loss at step {r['nonfinite_step']}"
     parts = [f"epoch {r['epoch']}/{epochs}", f"step {r['step']}/{steps_total}", f"train_loss {r['train_loss']:.4f}",
              f"val_loss {r.get('val_loss', float('nan')):.4f}"]
-    for key in ("val_i2t_r1", "val_i2t_r10", "val_t2i_r10"):
+    for key in ("val_i2t_r1", "val_i2t_r10", "val_t2i_r10", "val_zero_shot_auc"):
         if key in r:
             parts.append(f"{key[4:]} {r[key]:.3f}")
     parts.append(f"{r.get('samples_per_s', 0):.1f} pairs/s")
@@ -77,7 +77,8 @@ def _order(record: dict) -> tuple[int, int]:
 
 
 def plot_metrics(records: list[dict], out: str | Path, chance: float | None = None) -> Path | None:
-    """Loss (train, validation) and recall@10 (both directions) per epoch."""
+    """Loss (train, validation), recall@10 (both directions) and, when computed, the zero-shot AUC
+    per epoch."""
     epochs = [r for r in records if r.get("kind") == "epoch"]
     if not epochs:
         return None
@@ -92,12 +93,12 @@ def plot_metrics(records: list[dict], out: str | Path, chance: float | None = No
     ax_loss.set(xlabel="epoch", ylabel="loss", title="contrastive loss")
     ax_loss.legend()
     for key, label in (("val_i2t_r10", "image->text R@10"), ("val_t2i_r10", "text->image R@10"),
-                       ("val_i2t_r1", "image->text R@1")):
+                       ("val_i2t_r1", "image->text R@1"), ("val_zero_shot_auc", "zero-shot AUC")):
         if any(key in r for r in epochs):
             ax_rec.plot(x, [r.get(key, float("nan")) for r in epochs], marker="o", label=label)
     if chance is not None:
         ax_rec.axhline(chance, color="grey", linestyle="--", label=f"chance R@10 ({chance:.3f})")
-    ax_rec.set(xlabel="epoch", ylabel="recall", title="held-out retrieval", ylim=(0, 1))
+    ax_rec.set(xlabel="epoch", ylabel="recall / AUC", title="held-out retrieval", ylim=(0, 1))
     ax_rec.legend()
     fig.tight_layout()
     out = Path(out)
