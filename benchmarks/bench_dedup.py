@@ -346,7 +346,8 @@ def compare(n: int, out: Path, methods: list[str], labels, res: dict) -> list[st
             extra = f"cells {r.get('cells')}"
             if m == "cluster":
                 extra += (f", fit {r['fit_s']:.1f} s, assign {r['assign_s']:.1f} s, pairs {r['pairs_s']:.1f} s, "
-                          f"largest cell {r['largest_cell']:,}, {r['compared'] / 1e6:.0f}M pairs compared")
+                          f"largest cell {r['largest_cell']:,} ({r['largest_home']:,} at home), "
+                          f"{r['compared'] / 1e6:.0f}M pairs compared")
             else:
                 extra += f", {r.get('nodes')} nodes"
         rows.append(f"| {n:,} | {m} | {r['total_s']:.1f} | {speed} | {r['rss_peak_mb']:.0f} | {r['pairs']:,} | {recall} | "
@@ -410,14 +411,19 @@ def main(argv=None) -> int:
                 print(f"  {res[m]['total_s']:.1f} s, peak RSS {res[m]['rss_peak_mb']:.0f} MB", flush=True)
             lines += compare(n, out, methods, labels, res)
             print("\n".join(lines[-len(methods):]), flush=True)
+    from engine.core.config import IndexConfig
+
+    d = IndexConfig()
     head = ["# near-duplicate removal: cluster-then-compare vs exact", "",
             f"dim {DIM}, threshold {THRESHOLD}; data in a narrow cone (pairwise cosine ~0.72-0.86), 2% of rows in "
             "planted groups of 2-5 (cosine 0.985-0.998 to the group's first row), 1% decoys at 0.95-0.966 to a "
             f"partner. faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, GPUs seen: "
             f"{getattr(faiss, 'get_num_gpus', lambda: 0)()}; a 2-core machine shared with other jobs (load "
             f"average {os.getloadavg()[0]:.1f} at the end of this run): times are noisy, ratios within one run are what counts. "
-            "cluster: qc.index defaults (cells 2.3*sqrt(n), 2 cells per vector, k-means on 32 rows per cell "
-            "in a 128-d projection, 10 iterations). distributed: the same steps on Ray Data, two local nodes "
+            f"cluster: qc.index defaults (cells 2.3*sqrt(n), a home cell and {d.dedup_cells_per_vector - 1} spilled "
+            f"ones per vector, homes compared with homes and spilled rows, k-means on {d.dedup_train_per_cell} rows "
+            f"per cell, {'the full space' if not d.dedup_project_dim else f'a {d.dedup_project_dim}-d projection'}, "
+            f"{d.dedup_kmeans_iters} iterations). distributed: the same steps on Ray Data, two local nodes "
             "of 1 CPU each; its peak RSS is the driver's. Exact at 2M would take hours: recall there is "
             "measured on the pairs touching a deterministic sample of rows (exact-sample).", ""]
     if args.append and RESULTS.exists():

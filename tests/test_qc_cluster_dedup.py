@@ -79,6 +79,17 @@ def test_cell_pairs_are_exactly_the_pairs_above_the_threshold():
     np.testing.assert_allclose(s, np.einsum("ij,ij->i", x[a].astype(np.float64), x[b].astype(np.float64)), atol=1e-6)
 
 
+def test_cell_pairs_compare_homes_with_everyone_and_never_spilled_with_spilled():
+    x, _, _ = cone(n=700)
+    homes = 300
+    a, b, _ = cd.cell_pairs(x, T, n_home=homes, block=128)
+    got = list(zip(a.tolist(), b.tolist()))
+    want = {(i, j) for i, j in brute_pairs(x, T) if i < homes}  # i < j: a spilled i has a spilled j
+    assert len(got) == len(set(got)) and set(got) == want
+    assert len(want) > 20 and len(brute_pairs(x, T)) > len(want)  # some spilled-spilled pairs left out
+    assert len(cd.cell_pairs(x, T, n_home=0)[0]) == 0
+
+
 def test_cell_pairs_threshold_is_strict():
     a = np.array([1.0, 0.0])
     b = np.array([0.5, np.sqrt(0.75)])  # cosine 0.5 exactly (0.5 is exact in float32)

@@ -134,6 +134,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
     records = read_records(run_dir / METRICS_FILE)
     plot_metrics(records, run_dir / "metrics.png", chance=min(10, plan.n_val) / plan.n_val)
     final = result.metrics or (records[-1] if records else {})
+    if records and records[-1].get("kind") == "stopped":
+        final = records[-1]  # Ray reports the metrics of the last checkpoint, not of the stop
     summary = {"config": cfg.model_dump(), "data": plan.summary(), "steps_per_epoch": steps_per_epoch,
                "planned_steps": total_steps, "fit_seconds": seconds, "final": final}
     (run_dir / "run.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -144,9 +144,10 @@ class IndexConfig(Section):
     # engine/qc/cluster_dedup.py) or "index" (a threshold search of every vector in `kind`)
     dedup_method: Literal["cluster", "index"] = "cluster"
     dedup_cells: Optional[int] = Field(None, ge=1)  # k-means cells; None: about 2.3*sqrt(n)
-    # a pair near a cell boundary shares one; 3 with full-space cells reached recall 0.9993 at 200k
-    # in bench_dedup, 2 cells or a 128-d projection 0.980-0.995 (benchmarks/results/dedup.md)
-    dedup_cells_per_vector: int = Field(3, ge=1, le=8)
+    # a home cell and m - 1 spilled ones per vector, so a pair near a cell boundary still meets;
+    # 4 with full-space cells found as many pairs at 200k as 3 cells compared all-against-all,
+    # at a quarter of the comparisons (benchmarks/results/dedup.md)
+    dedup_cells_per_vector: int = Field(4, ge=1, le=8)
     dedup_train_per_cell: int = Field(32, ge=1)  # k-means sample: cells x this many rows
     dedup_kmeans_iters: int = Field(10, ge=1)
     dedup_project_dim: int = Field(0, ge=0)  # k-means / assignment space (top principal directions); 0: full

@@ -3,9 +3,10 @@ gather on the driver.
 
     rows (sample_id, embedding)
       -> map_batches: keep the hash-chosen training rows      -> one task: fit the cells (k-means)
-      -> map_batches: each row to its m cells (bucket, cell, sample_id, embedding), centroids broadcast
-      -> groupby(bucket).map_groups: all pairs above the threshold inside each cell of a bucket of
-         cells (GPU when present)
+      -> map_batches: each row to its m cells (bucket, cell, spilled, sample_id, embedding): its home
+         cell and m - 1 spilled ones, centroids broadcast
+      -> groupby(bucket).map_groups: inside each cell of a bucket of cells, the pairs above the
+         threshold among home members and between home and spilled ones (GPU when present)
       -> driver: the pair list (small) through the sample_id-order walk
       -> map_batches: (sample_id, kept, duplicate_of, similarity), the duplicates broadcast
 
@@ -103,27 +104,33 @@ def assign_rows(batch: dict, model_ref, m: int, buckets: int) -> dict:
     cells = assign_cells(vecs, _resolve(model_ref), m)
     m = cells.shape[1]
     cell = cells.ravel()
-    return {"bucket": (cell % buckets).astype(np.int32), "cell": cell, ID: np.repeat(ids, m),
-            EMB: np.repeat(vecs, m, axis=0)}
+    return {"bucket": (cell % buckets).astype(np.int32), "cell": cell, "spilled": np.tile(np.arange(m) > 0, len(ids)),
+            ID: np.repeat(ids, m), EMB: np.repeat(vecs, m, axis=0)}
 
 
 def pairs_of_bucket(group: dict, threshold: float) -> dict:
     """map_groups: the pairs above the threshold inside each cell of one bucket, as (a, b, sim)
-    with a < b by sample_id. Cells and their members are sorted, so block layout never matters."""
+    with a < b by sample_id. Cells and their members (homes first) are sorted, so block layout
+    never matters."""
     ids = np.asarray(group[ID]).astype(str)
     cell = np.asarray(group["cell"])
-    order = np.lexsort((ids, cell))
-    ids, cell = ids[order], cell[order]
+    spilled = np.asarray(group["spilled"], bool)
+    order = np.lexsort((ids, spilled, cell))
+    ids, cell, spilled = ids[order], cell[order], spilled[order]
     vecs = np.asarray(group[EMB], np.float32).reshape(len(ids), -1)[order]
-    same = (ids[1:] == ids[:-1]) & (cell[1:] == cell[:-1])
+    by_id = np.lexsort((ids, cell))  # a sample_id twice in one cell: given twice in the input
+    same = (ids[by_id][1:] == ids[by_id][:-1]) & (cell[by_id][1:] == cell[by_id][:-1])
     if same.any():
-        raise UserError(f"near-duplicate removal: sample_id {ids[int(np.flatnonzero(same)[0])]!r} appears more than once")
+        raise UserError(f"near-duplicate removal: sample_id {ids[by_id][int(np.flatnonzero(same)[0])]!r} "
+                        "appears more than once")
     bounds = np.flatnonzero(np.diff(cell)) + 1
     device = _torch_device()
     a_all, b_all, s_all = [], [], []
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ids)]):
-        a, b, s = cell_pairs(vecs[lo:hi], threshold, device=device)
-        a_all.append(ids[lo:hi][a]), b_all.append(ids[lo:hi][b]), s_all.append(s)
+        a, b, s = cell_pairs(vecs[lo:hi], threshold, int((~spilled[lo:hi]).sum()), device=device)
+        a, b = ids[lo:hi][a], ids[lo:hi][b]
+        first = a < b
+        a_all.append(np.where(first, a, b)), b_all.append(np.where(first, b, a)), s_all.append(s)
     if not a_all:
         return {"a": np.empty(0, str), "b": np.empty(0, str), "sim": np.empty(0, np.float32)}
     return {"a": np.concatenate(a_all), "b": np.concatenate(b_all), "sim": np.concatenate(s_all).astype(np.float32)}
