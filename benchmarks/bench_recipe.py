@@ -61,7 +61,7 @@ def train_arm(rows, reports, val_images, n_train, steps, batch, size, model_name
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return {"first": float(np.mean(losses[:10])), "last": float(np.mean(losses[-10:])),
             "recall": held_out_recall(model, val_images, reports[n_train:]),
             "seconds": time.perf_counter() - t0}

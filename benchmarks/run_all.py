@@ -9,7 +9,7 @@ import sys
 import time
 
 BENCHMARKS = ("bench_plan", "bench_extraction", "bench_reports", "bench_images", "bench_judge", "bench_dedup",
-              "bench_synth", "bench_train", "bench_faults")
+              "bench_synth", "bench_train", "bench_recipe", "bench_faults")
 
 
 def main(argv=None) -> int:
