@@ -81,18 +81,24 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_from_its_checkpoint_to_the_planned_step_count(tmp_path):
-    data = make_synthetic_dataset(tmp_path / "syn", 130)
+def _tiny_run(tmp_path: Path, pairs: int, **top) -> tuple[Path, list[str]]:
+    """(run dir, `syncxr train` command) of the tiny model on `pairs` generated pairs (10 held out,
+    batch 6), with `top` on top of the config."""
+    data = make_synthetic_dataset(tmp_path / "syn", pairs)
     cfg = tmp_path / "train.yaml"
-    # 120 training pairs / batch 6 = 20 steps per epoch, 3 epochs = 60 planned steps
     cfg.write_text(yaml.safe_dump({
         "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
         "data": {"batch_size": 30, "num_cpus": 0.5}, "validation": {"size": 10, "batch_size": 10},
-        "epochs": 3, "batch_size": 6, "log_every_steps": 1, "optim": {"lr": 1e-3},
-        "scaling": {"num_workers": 1, "cpus_per_worker": 1}, "engine": {"num_cpus": 2}}))
+        "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 1}, "engine": {"num_cpus": 2}, **top}))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "engine.cli", "train", "--config", str(cfg), "--out", str(run), "--synthetic", str(data)]
+    return run, [sys.executable, "-m", "engine.cli", "train", "--config", str(cfg), "--out", str(run),
+                 "--synthetic", str(data)]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint_to_the_planned_step_count(tmp_path):
+    # 120 training pairs / batch 6 = 20 steps per epoch, 3 epochs = 60 planned steps
+    run, cmd = _tiny_run(tmp_path, 130, epochs=3, log_every_steps=1, optim={"lr": 1e-3})
     ray_tmp = Path(tempfile.mkdtemp(prefix="sxt-", dir="/tmp"))  # the child's Ray lives here (short socket paths)
     env = {**os.environ, "TMPDIR": str(ray_tmp)}
     env.pop("RAY_ADDRESS", None)
@@ -137,16 +143,8 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_planned_step_count(tmp_pa
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     from train.loop import NONFINITE_AT_STEP_ENV
 
-    data = make_synthetic_dataset(tmp_path / "syn", 70)
-    cfg = tmp_path / "train.yaml"
     # 60 training pairs / batch 6 = 10 steps per epoch; the loss of step 14 (epoch 2) is poisoned
-    cfg.write_text(yaml.safe_dump({
-        "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
-        "data": {"batch_size": 30, "num_cpus": 0.5}, "validation": {"size": 10, "batch_size": 10},
-        "epochs": 2, "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 1},
-        "engine": {"num_cpus": 2}}))
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "engine.cli", "train", "--config", str(cfg), "--out", str(run), "--synthetic", str(data)]
+    run, cmd = _tiny_run(tmp_path, 70, epochs=2)
     env = {**os.environ, NONFINITE_AT_STEP_ENV: "14"}
     env.pop("RAY_ADDRESS", None)
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
