@@ -153,10 +153,4 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     assert [(r["kind"], r["step"]) for r in _records(run)] == [("epoch", 10), ("stopped", 14)]
     checkpoints = sorted((run / "ray").glob("train/checkpoint_*/state.pt"))
     assert [torch.load(c, weights_only=True)["step"] for c in checkpoints] == [10]
-    assert not (run / "model").exists()  # no final model from broken weights
-
-    env.pop(NONFINITE_AT_STEP_ENV)
-    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming after step 10" in second.stdout
-    assert [(r["kind"], r["step"]) for r in _records(run)] == [("epoch", 10), ("epoch", 20)]
+    assert not (run / "model").exists()  # no final model from broken weights (resuming: the test above)
