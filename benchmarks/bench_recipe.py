@@ -24,6 +24,12 @@ ARMS = (("whole report", False, False), ("whole report", True, False),
         ("random sentence", False, True), ("random sentence", True, True))
 
 
+def as_batch(rows: list[dict], reports: list[str]) -> dict:
+    """Engine rows in the shape train/data/preprocess.py reads."""
+    return {"sample_id": [r["sample_id"] for r in rows], "image_bytes": [r["image"]["bytes"] for r in rows],
+            "image_path": [None] * len(rows), "report": list(reports)}
+
+
 def held_out_recall(model, images, reports, k: int = 10) -> float:
     import torch
 
@@ -51,8 +57,7 @@ def train_arm(rows, reports, val_images, n_train, steps, batch, size, model_name
     losses, t0 = [], time.perf_counter()
     for step in range(steps):
         idx = rng.choice(n_train, batch, replace=False)
-        part = {"sample_id": [rows[i]["sample_id"] for i in idx], "image_bytes": [rows[i]["image"]["bytes"] for i in idx],
-                "image_path": [None] * batch, "report": [reports[i] for i in idx]}
+        part = as_batch([rows[i] for i in idx], [reports[i] for i in idx])
         pre = preprocess_batch(part, size, round(size * 1.125), True, augment, model.config.get("augment"), False,
                                seed=step)
         texts = [random_sentence(reports[i], rng) if sentence else reports[i] for i in idx]
@@ -95,10 +100,8 @@ def main(argv=None) -> int:
     rows = table.slice(0, args.n + args.val).to_pylist()
     reports = [report_text(r["findings"], r["impression"]) for r in rows]
     held = rows[args.n:]
-    val_images = preprocess_batch({"sample_id": [r["sample_id"] for r in held],
-                                   "image_bytes": [r["image"]["bytes"] for r in held],
-                                   "image_path": [None] * len(held), "report": reports[args.n:]},
-                                  args.size, round(args.size * 1.125), False)["image"]
+    val_images = preprocess_batch(as_batch(held, reports[args.n:]), args.size, round(args.size * 1.125),
+                                  False)["image"]
     results = []
     for view, augment, sentence in ARMS:
         res = train_arm(rows, reports, val_images, args.n, args.steps, args.batch, args.size, args.model,
