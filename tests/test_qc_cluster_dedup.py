@@ -99,23 +99,64 @@ def test_cell_pairs_threshold_is_strict():
     assert (i.tolist(), j.tolist()) == ([0], [1])
 
 
-def test_assign_cells_gives_the_m_best_distinct_cells():
+def test_cell_pairs_in_the_projected_space_lose_no_pair():
+    x, _, _ = cone(n=700)
+    model = cd.fit_cells(x, 4, CLUSTER)
+    assert model.proj.shape == (64, 16)
+    z = cd.project(x, model.proj)
+    a, b, s = cd.cell_pairs(z, T, full=x, block=128)
+    assert set(zip(a.tolist(), b.tolist())) == brute_pairs(x, T)
+    # the cosines come from the full vectors, also when they are fetched by position
+    a2, b2, s2 = cd.cell_pairs(z, T, full=lambda pos: x[pos], block=128)
+    assert (a2 == a).all() and (b2 == b).all() and (s2 == s).all()
+    np.testing.assert_allclose(s, np.einsum("ij,ij->i", x[a].astype(np.float64), x[b].astype(np.float64)), atol=1e-6)
+
+
+def _brute_cells(x, model, radius, m):
+    """Home and spilled cells of each row from every centroid in float64 (the definition)."""
+    z = x.astype(np.float64) @ model.proj.astype(np.float64)
+    c = model.centroids.astype(np.float64)
+    d2 = ((z[:, None, :] - c[None]) ** 2).sum(-1)
+    out = []
+    for r in range(len(x)):
+        h = int(np.lexsort((np.arange(len(c)), d2[r]))[0])
+        gap = np.linalg.norm(c - c[h], axis=1)
+        bis = np.where(gap > 0, (d2[r] - d2[r, h]) / (2 * np.maximum(gap, 1e-300)), 0.0)
+        spill = sorted((b, k) for k, b in enumerate(bis) if k != h and b <= radius)
+        out.append([h] + [k for _, k in spill][:m - 1])
+    return out
+
+
+def test_assign_cells_home_is_nearest_and_spills_are_the_cells_within_the_radius():
     x, _, _ = cone(n=500)
     model = cd.fit_cells(x, 8, CLUSTER)
-    cells = cd.assign_cells(x, model, 3)
-    assert cells.shape == (500, 3)
-    assert all(len(set(r)) == 3 for r in cells.tolist())
-    scores = cd.reduce(x, model.proj) @ model.centroids.T
-    assert (cells[:, 0] == scores.argmax(axis=1)).all()
-    assert (np.take_along_axis(scores, cells, 1)[:, :-1] >= np.take_along_axis(scores, cells, 1)[:, 1:]).all()
+    radius = cd.spill_radius(T, CLUSTER)
+    spills = {}
+    for m in (8, 2):  # every cell a candidate; a cap that cuts the spill list
+        cells = cd.assign_cells(x, model, m, radius)
+        assert cells.shape == (500, m)
+        want = _brute_cells(x, model, radius, m)
+        assert [[c for c in row if c >= 0] for row in cells.tolist()] == want
+        spills[m] = (cells[:, 1:] >= 0).sum()
+    assert 0 < (cells[:, 1] >= 0).sum() < 500 and spills[8] > spills[2]  # some rows spill, and the cap cuts
 
 
 def test_cells_of_a_row_do_not_depend_on_its_batch():
     x, _, _ = cone(n=600)
     model = cd.fit_cells(x, 16, CLUSTER)
-    whole = cd.assign_cells(x, model, 2)
-    assert (cd.assign_cells(x, model, 2, chunk=7) == whole).all()
-    assert all((cd.assign_cells(x[k:k + 1], model, 2) == whole[k]).all() for k in range(0, 600, 37))
+    radius = cd.spill_radius(T, CLUSTER)
+    whole = cd.assign_cells(x, model, 4, radius)
+    assert (cd.assign_cells(x, model, 4, radius, chunk=7) == whole).all()  # faiss's small-batch code path
+    assert all((cd.assign_cells(x[k:k + 1], model, 4, radius) == whole[k]).all() for k in range(0, 600, 37))
+
+
+def test_spilling_up_to_the_whole_threshold_distance_finds_every_pair():
+    """A neighbour within the threshold's distance of x lies in a cell whose bisector with x's home
+    is at most that far from x: radius 1 (and no cap) is exact search, whatever the cells."""
+    x, _, _ = cone(n=1500)
+    cfg = CLUSTER.model_copy(update={"dedup_spill_radius": 1.0, "dedup_cells_per_vector": 16})
+    i, j, _ = cd.cluster_pairs(x, ids_of(len(x)), T, cfg)
+    assert set(zip(i.tolist(), j.tolist())) == brute_pairs(x, T)
 
 
 def test_training_sample_depends_only_on_the_ids():
@@ -178,8 +219,8 @@ def test_walk_over_pairs_by_id_matches_the_full_walk():
 
 
 def test_default_cells_bounded_by_the_training_sample():
-    assert cd.default_cells(200_000, IndexConfig()) == round(2.3 * 200_000 ** 0.5)
-    assert cd.default_cells(100, IndexConfig()) == 3  # 100 // 32
+    assert cd.default_cells(200_000, IndexConfig()) == round(4.6 * 200_000 ** 0.5)
+    assert cd.default_cells(100, IndexConfig()) == 5  # 100 // 20
     assert cd.default_cells(10, IndexConfig()) == 1
 
 

@@ -143,14 +143,17 @@ class IndexConfig(Section):
     # near-duplicate removal above exact_max: "cluster" (k-means cells, all pairs inside each cell,
     # engine/qc/cluster_dedup.py) or "index" (a threshold search of every vector in `kind`)
     dedup_method: Literal["cluster", "index"] = "cluster"
-    dedup_cells: Optional[int] = Field(None, ge=1)  # k-means cells; None: about 2.3*sqrt(n)
-    # a home cell and m - 1 spilled ones per vector, so a pair near a cell boundary still meets;
-    # 4 with full-space cells found as many pairs at 200k as 3 cells compared all-against-all,
-    # at a quarter of the comparisons (benchmarks/results/dedup.md)
-    dedup_cells_per_vector: int = Field(4, ge=1, le=8)
-    dedup_train_per_cell: int = Field(32, ge=1)  # k-means sample: cells x this many rows
-    dedup_kmeans_iters: int = Field(10, ge=1)
-    dedup_project_dim: int = Field(0, ge=0)  # k-means / assignment space (top principal directions); 0: full
+    dedup_cells: Optional[int] = Field(None, ge=1)  # k-means cells; None: dedup_cells_per_sqrt * sqrt(n)
+    dedup_cells_per_sqrt: float = Field(4.6, gt=0)
+    # a vector's home cell plus the cells whose boundary with it lies within dedup_spill_radius x
+    # the threshold's chord distance, at most dedup_cells_per_vector in all (cluster_dedup.py)
+    dedup_spill_radius: float = Field(0.25, ge=0, le=1)
+    dedup_cells_per_vector: int = Field(12, ge=1, le=64)
+    dedup_train_per_cell: int = Field(20, ge=1)  # k-means sample: cells x this many rows
+    dedup_kmeans_iters: int = Field(5, ge=1)
+    # the cell space: the top principal directions (0: the full space); pairs are filtered there
+    # and re-scored in the full space, so it costs no recall
+    dedup_project_dim: int = Field(128, ge=0)
     dedup_seed: int = 1234
 
 

@@ -1,21 +1,28 @@
 """Cluster-then-compare near-duplicate search: pure functions, no Ray.
 
 The idea behind SemDeDup / NeMo Curator's semantic dedup, written for our rule (cosine strictly
-above a threshold, kept set from the sample_id-order walk):
+above a threshold t, kept set from the sample_id-order walk). For unit vectors, cosine > t is
+distance < eps = sqrt(2 - 2t).
 
-1. cells: spherical k-means (faiss) on a deterministic sample, chosen by a hash of the sample_id
-   (the same rows whatever the order, batching or partitioning of the input). k-means and the
-   assignment run in a reduced space: the top principal directions of the sample's second moment
-   (not centred: the cone axis stays in). A projection only shrinks distances, so two near
-   duplicates stay at least as close there, and assignment costs p/d of a full-space one.
-2. assignment: every vector has a home cell (its nearest) and is spilled into its next `m - 1`
-   nearest, so a pair that straddles a cell boundary still meets: y's home is among x's m cells.
-3. pairs: inside each cell, the home members against each other (upper-triangular blocks) and
-   against the spilled ones, all pairs above the threshold by matrix multiplies (torch when
-   present, on the GPU when there is one). Spilled members are never compared with each other:
-   cells near the cone axis collect many spilled rows (hubness) and comparing them all would cost
-   the square of that. Candidates are re-scored one by one in float64, so a pair's cosine does not
-   depend on the shape of the block it was found in.
+1. space: the top p principal directions of a deterministic sample's second moment (not centred:
+   the cone axis stays in), chosen by a hash of the sample_id (the same rows whatever the order,
+   batching or partitioning of the input). A projection onto orthonormal directions only shrinks
+   distances, so it filters pairs without ever losing one (step 4).
+2. cells: Euclidean k-means (faiss) of the projected sample.
+3. assignment: every vector has a home cell (its nearest centroid) and is spilled into the other
+   cells whose region could hold a neighbour within eps: those whose bisector with the home cell
+   lies within `radius` of the vector (radius a fraction of eps; the whole eps would spill into
+   nearly every cell of a narrow cone), nearest bisector first, at most `max_cells - 1`. A pair
+   (x, y) meets in y's home cell when x is spilled there, so a pair that straddles a boundary is
+   still compared; the bisector distance, unlike the rank of the centroid, measures how close
+   that boundary is.
+4. pairs: inside each cell, the home members against each other (upper-triangular blocks) and
+   against the spilled ones. Candidates are the pairs within eps in the projected space (a
+   superset of the answer: p-dimensional matrix multiplies, torch on the GPU when there is one);
+   each is then re-scored in float64 in the full space, one pair at a time, so a pair's cosine
+   never depends on the shape of the block it was found in. Spilled members are never compared
+   with each other: cells near the cone axis collect many spilled rows (hubness) and comparing
+   them all would cost the square of that.
 
 The same functions serve the in-process path (`cluster_pairs`) and the Ray Data path
 (engine/qc/dedup_distributed.py); only the grouping differs.
@@ -25,22 +32,23 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-# candidates within this of the threshold in float32 are re-scored in float64 before deciding
+# candidates within this (in cosine units) of the threshold in float32 are re-scored in float64
 RESCORE_SLACK = 1e-4
 BLOCK = 2048  # rows per matrix-multiply block inside a cell: bounds memory to BLOCK^2 floats
-RESCORE_ROWS = 4096  # rows per float64 re-scoring step of the assignment (10x faster than 65,536 here)
+RESCORE_ROWS = 1024  # rows per vectorised step of the assignment: its gathers stay in cache
+MOMENT_ROWS = 20_000  # sample rows (every k-th) behind the projection
 
 
 @dataclass
 class CellModel:
     """What the workers need to assign a vector to its cells: small (cells x p floats)."""
 
-    proj: Optional[np.ndarray]  # (d, p) float32, or None: k-means in the full space
-    centroids: np.ndarray  # (cells, p) float32, unit rows
+    proj: Optional[np.ndarray]  # (d, p) float32 orthonormal columns, or None: the full space
+    centroids: np.ndarray  # (cells, p) float32, in the projected space
 
     @property
     def cells(self) -> int:
@@ -48,11 +56,20 @@ class CellModel:
 
 
 def default_cells(n: int, cfg) -> int:
-    """Cells for n vectors: about 2.3*sqrt(n), bounded by the training sample (dedup_train_per_cell
-    rows per cell). Time is ~ n*cells*p (assignment, k-means) + (m*n)^2/cells*d (pairs), so cells
-    ~ sqrt(n) balances the two (the constant 2.3 from a few trials here, not a tuned optimum)."""
-    cells = cfg.dedup_cells or int(round(2.3 * math.sqrt(n)))
+    """Cells for n vectors: dedup_cells_per_sqrt * sqrt(n), bounded by the training sample
+    (dedup_train_per_cell rows per cell). Assignment costs ~ n * cells, pairs ~ n^2 / cells, so
+    cells ~ sqrt(n); the constant comes from runs at 200k here (benchmarks/results/dedup.md)."""
+    cells = cfg.dedup_cells or int(round(cfg.dedup_cells_per_sqrt * math.sqrt(n)))
     return max(1, min(cells, n // max(cfg.dedup_train_per_cell, 1)))
+
+
+def chord(threshold: float) -> float:
+    """Distance between unit vectors at cosine `threshold`: cosine > t is distance < chord(t)."""
+    return math.sqrt(max(2.0 - 2.0 * float(threshold), 0.0))
+
+
+def spill_radius(threshold: float, cfg) -> float:
+    return float(cfg.dedup_spill_radius) * chord(threshold)
 
 
 def id_hash(sample_ids: Sequence) -> np.ndarray:
@@ -75,7 +92,7 @@ def sample_fraction(n: int, cells: int, cfg) -> float:
 
 
 def fit_cells(sample: np.ndarray, cells: int, cfg) -> CellModel:
-    """Projection and spherical k-means centroids from a sample of unit vectors (sample_id order)."""
+    """Projection and k-means centroids from a sample of unit vectors (in sample_id order)."""
     import faiss
 
     x = np.ascontiguousarray(sample, dtype=np.float32)
@@ -87,65 +104,110 @@ def fit_cells(sample: np.ndarray, cells: int, cfg) -> CellModel:
         # each column's sign is fixed so that its largest entry is positive
         from scipy.linalg import eigh
 
-        moment = (x.T @ x).astype(np.float64) / max(n, 1)
+        part = x[::max(1, n // MOMENT_ROWS)]  # the principal directions settle long before k-means does
+        moment = (part.T @ part).astype(np.float64) / max(len(part), 1)
         _, vecs = eigh(moment, subset_by_index=[d - p, d - 1], driver="evr")  # the top p only
         vecs = vecs[:, ::-1]
         signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(p)])
         proj = np.ascontiguousarray(vecs * signs, dtype=np.float32)
-    z = reduce(x, proj)
+    z = np.ascontiguousarray(project(x, proj))
     cells = max(1, min(cells, n))
     if cells == 1:
-        centroids = _unit(z.mean(axis=0, keepdims=True))
+        centroids = z.mean(axis=0, keepdims=True)
     else:
-        km = faiss.Kmeans(z.shape[1], cells, niter=cfg.dedup_kmeans_iters, spherical=True, seed=cfg.dedup_seed,
+        km = faiss.Kmeans(z.shape[1], cells, niter=cfg.dedup_kmeans_iters, spherical=False, seed=cfg.dedup_seed,
                           verbose=False, min_points_per_centroid=1, max_points_per_centroid=max(n // cells + 1, 1))
         km.train(z)
-        centroids = _unit(km.centroids)
+        centroids = km.centroids
     return CellModel(proj=proj, centroids=np.ascontiguousarray(centroids, dtype=np.float32))
 
 
-def _unit(z: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(z, axis=1, keepdims=True)
-    return (z / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def reduce(x: np.ndarray, proj: Optional[np.ndarray]) -> np.ndarray:
-    """Vectors in the k-means space: projected (when there is a projection) and re-normalised."""
+def project(x: np.ndarray, proj: Optional[np.ndarray]) -> np.ndarray:
+    """Vectors in the cell space (float32): projected, not re-normalised (distances only shrink)."""
     x = np.asarray(x, dtype=np.float32)
-    return _unit(x @ proj) if proj is not None else _unit(x)
+    return x @ proj if proj is not None else x
 
 
-def assign_cells(x: np.ndarray, model: CellModel, m: int, chunk: int = 65536) -> np.ndarray:
-    """(n, m) int32: the m cells of largest cosine to each vector, best first (ties: lower cell);
-    column 0 is the home cell.
+def assign_cells(x: np.ndarray, model: CellModel, max_cells: int, radius: float, chunk: int = 65536,
+                 projected: Optional[np.ndarray] = None) -> np.ndarray:
+    """(n, max_cells) int32: column 0 the home cell (nearest centroid; ties: lower cell), then the
+    cells whose bisector with the home cell is within `radius` of the vector, nearest bisector
+    first (ties: lower cell), -1 after the last. Candidates are the max_cells + 2 nearest
+    centroids. `projected`: project(x), when already computed.
 
     A row's cells must not depend on the batch it arrives in, and float32 BLAS rounding does
-    depend on the batch's shape. So faiss proposes m + 2 cells in float32 and those are re-scored
-    one row at a time in float64 (the projection too) before the best m are taken: a rounding
-    difference could only matter if three cells tied within ~1e-6."""
+    depend on the batch's shape (by ~1e-6 here). So every decision is taken in float32 only where
+    its margin is far above that rounding; rows with a decision inside the margin (a near tie for
+    home, a bisector near the radius, a tie at the end of the candidate list or of the spill
+    list: a few percent) are decided again one by one in float64."""
     import faiss
 
-    m = max(1, min(m, model.cells))
+    m = max(1, min(max_cells, model.cells))
     extra = min(m + 2, model.cells)
-    index = faiss.IndexFlatIP(model.centroids.shape[1])
+    index = faiss.IndexFlatL2(model.centroids.shape[1])
     index.add(model.centroids)
-    cent64 = model.centroids.astype(np.float64)
+    out = np.full((len(x), m), -1, dtype=np.int32)
+    cent32, cent64 = model.centroids, model.centroids.astype(np.float64)
+    sq32, sq64 = np.einsum("kp,kp->k", cent32, cent32), np.einsum("kp,kp->k", cent64, cent64)
     proj64 = model.proj.astype(np.float64) if model.proj is not None else None
-    out = np.empty((len(x), m), dtype=np.int32)
     for start in range(0, len(x), chunk):
         xs = np.asarray(x[start:start + chunk], dtype=np.float32)
-        cand = index.search(reduce(xs, model.proj), extra)[1]
-        # float64 re-scoring in sub-chunks: the (rows, extra, dim) gather stays in cache
-        for s0 in range(0, len(xs), RESCORE_ROWS):
-            z = xs[s0:s0 + RESCORE_ROWS].astype(np.float64)
-            if proj64 is not None:
-                z = z @ proj64
-            z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-            c = cand[s0:s0 + RESCORE_ROWS]
-            scores = np.einsum("nd,nkd->nk", z, cent64[c])
-            order = np.lexsort((c, -scores), axis=1)[:, :m]
-            out[start + s0:start + s0 + len(z)] = np.take_along_axis(c, order, axis=1)
+        zs = projected[start:start + chunk] if projected is not None else project(xs, model.proj)
+        d2, cand = index.search(np.ascontiguousarray(zs, dtype=np.float32), min(extra + 1, model.cells))
+        for s0 in range(0, len(xs), RESCORE_ROWS):  # sub-chunks: the (rows, extra, p) gather stays in cache
+            rows = slice(s0, s0 + RESCORE_ROWS)
+            cells, unsure = _spills(d2[rows], cand[rows], cent32, sq32, m, extra, radius, DECIDE_MARGIN)
+            out[start + s0:start + s0 + len(cells)] = cells
+            for r in s0 + np.flatnonzero(unsure):  # one row at a time: nothing depends on the batch
+                z = xs[r:r + 1].astype(np.float64)
+                if proj64 is not None:
+                    z = z @ proj64
+                c = cand[r:r + 1, :extra]
+                diff = cent64[c] - z[:, None, :]
+                out[start + r] = _spills(np.einsum("rkp,rkp->rk", diff, diff), c, cent64, sq64, m, extra, radius)[0]
     return out
+
+
+DECIDE_MARGIN = 2e-5  # 10x the largest float32 error of d2 seen here (1.9e-6 at 200k); closer decisions go to float64
+
+
+def _spills(d2: np.ndarray, cand: np.ndarray, centroids: np.ndarray, sq: np.ndarray, m: int, extra: int,
+            radius: float, margin: float = 0.0):
+    """(cells (r, m) as assign_cells returns them, unsure (r,) bool) from the squared distances d2
+    of each row to its candidate cells cand (r, >= extra columns); sq: the centroids' squared
+    norms. margin > 0: float32 from faiss,
+    nearest first; margin 0: float64, any order, every decision final."""
+    k = d2.shape[1]
+    r = np.arange(len(d2))[:, None]
+    if margin > 0:  # faiss's order: nearest first; a tie it could break either way is unsure below
+        c, dd = cand, d2
+    else:
+        order = np.lexsort((cand, d2), axis=1)
+        c, dd = cand[r, order], d2[r, order]
+    cc = centroids[c]  # |c - h| from |c|^2 + |h|^2 - 2 c.h (a batched matmul: 25x an einsum of c - h)
+    gap = np.sqrt(np.maximum(sq[c] + sq[c[:, :1]] - 2.0 * np.matmul(cc, cc[:, 0, :, None])[..., 0], 0.0))
+    # c is spilled when the bisector of (home h, c) lies within radius of the vector:
+    # (|z-c|^2 - |z-h|^2) / (2 |c-h|) <= radius, compared in d2 units (no division)
+    excess = (dd - dd[:, :1]) - 2.0 * radius * gap
+    excess[:, 0] = -np.inf  # the home first
+    near = excess <= 0
+    near[:, extra:] = False
+    key = np.where(near, excess / np.maximum(gap, 1e-12), np.inf)  # bisector distance - radius
+    pick = np.lexsort((c, key), axis=1)[:, :m]
+    cells = np.where(near[r, pick], c[r, pick], -1).astype(np.int32)
+    unsure = np.zeros(len(d2), bool)
+    if margin <= 0:
+        return cells, unsure
+    if k > 1:
+        unsure |= dd[:, 1] - dd[:, 0] < margin  # the home
+        unsure |= (np.abs(excess[:, 1:extra]) < margin).any(axis=1)  # a spill decision
+    if k > extra:  # the candidate list's end, where the cell beyond it could be spilled
+        unsure |= (dd[:, extra] - dd[:, extra - 1] < margin) & (excess[:, extra - 1:extra + 1].min(axis=1) < margin)
+    if extra > m:  # the spill list's end
+        sk = np.sort(key, axis=1)
+        with np.errstate(invalid="ignore"):  # inf - inf: fewer than m + 1 near cells, no tie
+            unsure |= np.isfinite(sk[:, m]) & (sk[:, m] - sk[:, m - 1] < margin)
+    return cells, unsure
 
 
 def _torch_device():
@@ -163,42 +225,40 @@ def _torch_device():
     return "cuda" if torch.cuda.is_available() else None
 
 
-def rescore(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosines of rows a[k], b[k] of unit x in float64, one pair at a time (shape-independent)."""
-    if len(a) == 0:
-        return np.zeros(0, np.float64)
-    xa = x[a].astype(np.float64)
-    xb = x[b].astype(np.float64)
-    return np.einsum("ij,ij->i", xa, xb)
-
-
-def cell_pairs(x: np.ndarray, threshold: float, n_home: Optional[int] = None, block: int = BLOCK,
-               device: Optional[str] = None):
-    """Pairs with cosine > threshold among one cell's members x (unit float32, homes first, each
-    group in sample_id order): home x home (a < b) and home x spilled (a home, b spilled); n_home
-    None: every member is home. Returns (a, b, sim), positions in x, sim from the float64
-    re-score."""
-    n = len(x)
+def cell_pairs(z: np.ndarray, threshold: float, n_home: Optional[int] = None,
+               full: Union[None, np.ndarray, Callable] = None, block: int = BLOCK, device: Optional[str] = None):
+    """Pairs with cosine > threshold among one cell's members (homes first, each group in
+    sample_id order): home x home (a < b) and home x spilled (a home, b spilled); n_home None:
+    every member is home. z: the members in the cell space (project()); full: their unit vectors,
+    an array or a function of member positions, for the float64 re-score (None: z are the unit
+    vectors). Returns (a, b, sim), positions in z."""
+    n = len(z)
     n_home = n if n_home is None else int(n_home)
     empty = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     if n_home == 0 or n < 2:
         return empty
-    xs = np.ascontiguousarray(x, dtype=np.float32)
-    xt = None
+    zs = np.ascontiguousarray(z, dtype=np.float32)
+    half = 0.5 * np.einsum("ij,ij->i", zs, zs)
+    # |za - zb|^2 < chord^2  <=>  za.zb - |za|^2/2 - |zb|^2/2 > threshold - 1 (unit z: za.zb > threshold)
+    cut = float(threshold) - 1.0 - RESCORE_SLACK
+    zt = None
     if device is not None:
         import torch
 
-        xt = torch.from_numpy(xs).to(device)
-    cut = threshold - RESCORE_SLACK
+        zt, ht = torch.from_numpy(zs).to(device), torch.from_numpy(half).to(device)
     found_a, found_b = [], []
     for r0 in range(0, n_home, block):
         r1 = min(r0 + block, n_home)
         for c0 in range(r0, n, block):  # upper-triangular among homes, then every spilled column
             c1 = min(c0 + block, n)
-            if xt is not None:
-                hit = (xt[r0:r1] @ xt[c0:c1].T > cut).nonzero().cpu().numpy()
+            if zt is not None:
+                g = zt[r0:r1] @ zt[c0:c1].T - ht[r0:r1, None] - ht[None, c0:c1]
+                hit = (g > cut).nonzero().cpu().numpy()
             else:
-                hit = np.argwhere(xs[r0:r1] @ xs[c0:c1].T > cut)
+                g = zs[r0:r1] @ zs[c0:c1].T
+                g -= half[r0:r1, None]
+                g -= half[None, c0:c1]
+                hit = np.argwhere(g > cut)
             if len(hit) == 0:
                 continue
             a, b = hit[:, 0] + r0, hit[:, 1] + c0
@@ -208,9 +268,21 @@ def cell_pairs(x: np.ndarray, threshold: float, n_home: Optional[int] = None, bl
         return empty
     a = np.concatenate(found_a).astype(np.int64)
     b = np.concatenate(found_b).astype(np.int64)
-    sim = rescore(xs, a, b)
+    sim = rescore(zs if full is None else full, a, b)
     keep = sim > threshold
     return a[keep], b[keep], sim[keep].astype(np.float32)
+
+
+def rescore(full: Union[np.ndarray, Callable], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosines of members a[k], b[k] in float64, one pair at a time (shape-independent); full: the
+    members' unit vectors, or a function of member positions returning them (only the members
+    that appear in a pair are fetched)."""
+    if len(a) == 0:
+        return np.zeros(0, np.float64)
+    rows, inverse = np.unique(np.r_[a, b], return_inverse=True)
+    vecs = full(rows) if callable(full) else full[rows]
+    vecs = np.asarray(vecs, dtype=np.float64)
+    return np.einsum("ij,ij->i", vecs[inverse[:len(a)]], vecs[inverse[len(a):]])
 
 
 def _one_blas_thread():
@@ -226,26 +298,24 @@ def _one_blas_thread():
 
 
 def pairs_in_cells(cells, threshold: float, workers: Optional[int] = None):
-    """cell_pairs over an iterable of (member_keys, vectors, n_home) cells, vectors an array or a
-    function returning one (then the gather, e.g. from a memory map, runs in the pool too);
-    returns, per cell in input order, (keys[a], keys[b], sim). CPU: cells in a thread pool (numpy
-    releases the GIL in BLAS); GPU: one cell after another on the device. Order of results never
-    depends on threads."""
-    device = _torch_device()
-    if device is not None:
-        for keys, vecs, n_home in cells:
-            a, b, s = cell_pairs(vecs() if callable(vecs) else vecs, threshold, n_home, device=device)
-            yield keys[a], keys[b], s
-        return
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(cell):
-        keys, vecs, n_home = cell
-        a, b, s = cell_pairs(vecs() if callable(vecs) else vecs, threshold, n_home)
+    """cell_pairs over an iterable of (member_keys, z, n_home, full) cells, z an array or a
+    function returning one (then the gather, e.g. from a memory map, runs in the pool too), full
+    as cell_pairs takes it; returns, per cell in input order, (keys[a], keys[b], sim). CPU: cells
+    in a thread pool (numpy releases the GIL in BLAS); GPU: one cell after another on the device.
+    Order of results never depends on threads."""
+    def one(cell, device=None):
+        keys, z, n_home, full = cell
+        a, b, s = cell_pairs(z() if callable(z) else z, threshold, n_home, full, device=device)
         return keys[a], keys[b], s
 
+    device = _torch_device()
+    if device is not None:
+        for cell in cells:
+            yield one(cell, device)
+        return
+    import os
     from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     workers = workers or os.cpu_count() or 1
     # a bounded window of cells in flight: pool.map would gather every cell's vectors at once
@@ -285,11 +355,18 @@ def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, st
     cells = default_cells(n, cfg)
     model = fit_cells(training_sample(x, sample_ids, cells, cfg), cells, cfg)
     clock.append(time.perf_counter())
-    assigned = assign_cells(x, model, cfg.dedup_cells_per_vector)
+    projected = None
+    if model.proj is not None:  # kept for the cells' candidate filter: p/d of the vectors' size
+        projected = np.empty((n, model.proj.shape[1]), np.float32)
+        for c0 in range(0, n, 65536):
+            projected[c0:c0 + 65536] = project(x[c0:c0 + 65536], model.proj)
+    assigned = assign_cells(x, model, cfg.dedup_cells_per_vector, spill_radius(threshold, cfg), projected=projected)
     m = assigned.shape[1]
     cell_of = assigned.ravel()
-    row_of = np.repeat(np.arange(n, dtype=np.int64), m)
-    spilled = np.tile(np.arange(m) > 0, n)
+    valid = cell_of >= 0
+    cell_of = cell_of[valid]
+    row_of = np.repeat(np.arange(n, dtype=np.int64), m)[valid]
+    spilled = np.tile(np.arange(m) > 0, n)[valid]
     order = np.lexsort((row_of, spilled, cell_of))  # by cell, homes first, then position (= sample_id order)
     cell_of, row_of, spilled = cell_of[order], row_of[order], spilled[order]
     bounds = np.flatnonzero(np.diff(cell_of)) + 1
@@ -298,17 +375,19 @@ def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, st
     homes = [int(len(g) - k) for g, k in zip(groups, (int(v.sum()) for v in np.split(spilled, bounds)))]
     parts_i, parts_j, parts_s = [], [], []
 
-    def gather(rows):
-        return lambda: np.asarray(x[rows], dtype=np.float32)
+    def cell(rows, n_home):
+        if projected is None:
+            return rows, (lambda: np.asarray(x[rows], dtype=np.float32)), n_home, None
+        return rows, (lambda: projected[rows]), n_home, (lambda pos: np.asarray(x[rows[pos]], dtype=np.float32))
 
-    cells_iter = ((rows, gather(rows), h) for rows, h in zip(groups, homes) if h)
-    for a, b, s in pairs_in_cells(cells_iter, threshold):
+    for a, b, s in pairs_in_cells((cell(rows, h) for rows, h in zip(groups, homes) if h), threshold):
         if len(a):
             parts_i.append(np.minimum(a, b)), parts_j.append(np.maximum(a, b)), parts_s.append(s)
     if stats is not None:
         sz, hz = np.asarray([len(g) for g in groups]), np.asarray(homes)
         clock.append(time.perf_counter())
         stats.update(cells=model.cells, largest_cell=int(sz.max(initial=0)), largest_home=int(hz.max(initial=0)),
+                     spilled_per_vector=float(spilled.sum()) / max(n, 1),
                      compared=int((hz * (hz - 1) // 2 + hz * (sz - hz)).sum()), fit_s=clock[1] - clock[0],
                      assign_s=clock[2] - clock[1], pairs_s=clock[3] - clock[2])
     if not parts_i:

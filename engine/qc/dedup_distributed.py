@@ -3,8 +3,8 @@ gather on the driver.
 
     rows (sample_id, embedding)
       -> map_batches: keep the hash-chosen training rows      -> one task: fit the cells (k-means)
-      -> map_batches: each row to its m cells (bucket, cell, spilled, sample_id, embedding): its home
-         cell and m - 1 spilled ones, centroids broadcast
+      -> map_batches: each row to its cells (bucket, cell, spilled, sample_id, embedding): its home
+         cell and the cells it is spilled into, centroids broadcast
       -> groupby(bucket).map_groups: inside each cell of a bucket of cells, the pairs above the
          threshold among home members and between home and spilled ones (GPU when present)
       -> driver: the pair list (small) through the sample_id-order walk
@@ -14,8 +14,8 @@ The steps are the functions of engine/qc/cluster_dedup.py that the in-process pa
 depends on how the rows are split into blocks: the training rows are chosen by a hash of their
 sample_id and sorted before k-means, a row's cells depend on its vector alone, each cell is sorted
 by sample_id before its pairs are found, pair cosines are re-scored one pair at a time, and the
-walk runs in sample_id order. Only the centroids (cells x p floats) and the pair list travel
-through the driver.
+walk runs in sample_id order. Only the cell model (projection and centroids: (d + cells) x p
+floats) and the pair list travel through the driver.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from typing import Optional
 import numpy as np
 
 from engine.core.errors import UserError
-from engine.qc.cluster_dedup import (CellModel, assign_cells, cell_pairs, default_cells, fit_cells, sample_fraction,
-                                     sample_mask, _torch_device)
+from engine.qc.cluster_dedup import (CellModel, assign_cells, cell_pairs, default_cells, fit_cells, project,
+                                     sample_fraction, sample_mask, spill_radius, _torch_device)
 from engine.qc.filters import _check_threshold, unit_vectors, walk_pairs
 
 ID, EMB = "sample_id", "embedding"
@@ -96,19 +96,22 @@ def _resolve(ref):
     return ray.get(ref[0]) if isinstance(ref, list) else ref
 
 
-def assign_rows(batch: dict, model_ref, m: int, buckets: int) -> dict:
-    """map_batches: each row to its m cells, as m rows (bucket, cell, sample_id, embedding). Cells
-    are grouped into `buckets` shuffle groups (cell % buckets): one group per cell would pay Ray
-    Data's per-group cost thousands of times."""
+def assign_rows(batch: dict, model_ref, max_cells: int, radius: float, buckets: int) -> dict:
+    """map_batches: each row to its cells (home, then spilled), one output row per cell (bucket,
+    cell, spilled, sample_id, embedding). Cells are grouped into `buckets` shuffle groups
+    (cell % buckets): one group per cell would pay Ray Data's per-group cost thousands of times."""
     ids, vecs = batch_vectors(batch)
-    cells = assign_cells(vecs, _resolve(model_ref), m)
+    cells = assign_cells(vecs, _resolve(model_ref), max_cells, radius)
     m = cells.shape[1]
     cell = cells.ravel()
-    return {"bucket": (cell % buckets).astype(np.int32), "cell": cell, "spilled": np.tile(np.arange(m) > 0, len(ids)),
-            ID: np.repeat(ids, m), EMB: np.repeat(vecs, m, axis=0)}
+    valid = cell >= 0
+    row = np.repeat(np.arange(len(ids)), m)[valid]
+    cell = cell[valid]
+    return {"bucket": (cell % buckets).astype(np.int32), "cell": cell, "spilled": np.tile(np.arange(m) > 0, len(ids))[valid],
+            ID: ids[row], EMB: vecs[row]}
 
 
-def pairs_of_bucket(group: dict, threshold: float) -> dict:
+def pairs_of_bucket(group: dict, threshold: float, model_ref) -> dict:
     """map_groups: the pairs above the threshold inside each cell of one bucket, as (a, b, sim)
     with a < b by sample_id. Cells and their members (homes first) are sorted, so block layout
     never matters."""
@@ -123,11 +126,15 @@ def pairs_of_bucket(group: dict, threshold: float) -> dict:
     if same.any():
         raise UserError(f"near-duplicate removal: sample_id {ids[by_id][int(np.flatnonzero(same)[0])]!r} "
                         "appears more than once")
+    model = _resolve(model_ref)
+    z = project(vecs, model.proj)  # the candidate filter's space; pairs are re-scored from vecs
+    full = vecs if model.proj is not None else None
     bounds = np.flatnonzero(np.diff(cell)) + 1
     device = _torch_device()
     a_all, b_all, s_all = [], [], []
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ids)]):
-        a, b, s = cell_pairs(vecs[lo:hi], threshold, int((~spilled[lo:hi]).sum()), device=device)
+        a, b, s = cell_pairs(z[lo:hi], threshold, int((~spilled[lo:hi]).sum()),
+                             None if full is None else full[lo:hi], device=device)
         a, b = ids[lo:hi][a], ids[lo:hi][b]
         first = a < b
         a_all.append(np.where(first, a, b)), b_all.append(np.where(first, b, a)), s_all.append(s)
@@ -215,14 +222,17 @@ def _dedup_dataset(ds, threshold: float, cfg, num_gpus: Optional[float], num_par
     # only sets how the shuffle is spread, never which pairs are found.
     cpus = int(ray.cluster_resources().get("CPU", 1))
     dim = np.asarray(ds.take_batch(1, batch_format="numpy")[EMB][0]).size
-    shuffled = n * min(cfg.dedup_cells_per_vector, cells) * (4 * dim + 64)
+    # a row travels once per cell: its home and ~3 spilled ones at the default radius (3.3 at 200k)
+    shuffled = n * min(cfg.dedup_cells_per_vector, cells, 5) * (4 * dim + 64)
     buckets = max(1, min(cells, max(2 * cpus, int(np.ceil(shuffled / 128e6)))))
     partitions = num_partitions or buckets
     assigned = ds.select_columns([ID, EMB]).map_batches(
-        assign_rows, fn_kwargs={"model_ref": [model_ref], "m": cfg.dedup_cells_per_vector, "buckets": buckets},
+        assign_rows, fn_kwargs={"model_ref": [model_ref], "max_cells": cfg.dedup_cells_per_vector,
+                                "radius": spill_radius(t, cfg), "buckets": buckets},
         batch_format="numpy")
     pairs = assigned.groupby("bucket", num_partitions=partitions).map_groups(
-        pairs_of_bucket, fn_kwargs={"threshold": t}, batch_format="numpy", num_gpus=num_gpus)
+        pairs_of_bucket, fn_kwargs={"threshold": t, "model_ref": [model_ref]}, batch_format="numpy",
+        num_gpus=num_gpus)
     a, b, s = [], [], []
     for batch in pairs.iter_batches(batch_size=65536, batch_format="numpy"):
         a.append(np.asarray(batch["a"]).astype(str)), b.append(np.asarray(batch["b"]).astype(str))

@@ -339,7 +339,7 @@ def build_report_dataset(cfg, plan_path: str | Path, prepared=None):
     import ray.data
 
     cls, rcfg, prompt = prepared or prepare(cfg)
-    ds = ray.data.read_parquet(str(plan_path), columns=list(PLAN_COLUMNS))
+    ds = ray.data.read_parquet(str(plan_path)).select_columns(list(PLAN_COLUMNS))
     ds = cls.attach(ds, rcfg, prompt)
     return map_stage(ds, ReportQC, report_qc_resources(rcfg.resources),
                      {"extractor": cfg.extractor.model_dump(), "tolerance": rcfg.tolerance})

@@ -87,7 +87,7 @@ def dedup_ray(path: Path, threshold: float, cfg, address, out_dir: Path) -> dict
 
     ray = init_ray(cfg.engine, address)
     quiet_ray_data()
-    ds = ray.data.read_parquet(str(path.resolve()), columns=["sample_id", "embedding"])
+    ds = ray.data.read_parquet(str(path.resolve())).select_columns(["sample_id", "embedding"])
     res = dedup_dataset(ds, threshold, cfg.qc.index)
     res.table.write_parquet(str(out_dir.resolve()))
     return {"rows": res.rows, "kept": res.rows - len(res.duplicates), "pairs": res.pairs,
