@@ -346,6 +346,7 @@ def compare(n: int, out: Path, methods: list[str], labels, res: dict) -> list[st
             extra = f"cells {r.get('cells')}"
             if m == "cluster":
                 extra += (f", fit {r['fit_s']:.1f} s, assign {r['assign_s']:.1f} s, pairs {r['pairs_s']:.1f} s, "
+                          f"{r['spilled_per_vector']:.2f} spilled cells per vector, "
                           f"largest cell {r['largest_cell']:,} ({r['largest_home']:,} at home), "
                           f"{r['compared'] / 1e6:.0f}M pairs compared")
             else:
@@ -420,10 +421,13 @@ def main(argv=None) -> int:
             f"partner. faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, GPUs seen: "
             f"{getattr(faiss, 'get_num_gpus', lambda: 0)()}; a 2-core machine shared with other jobs (load "
             f"average {os.getloadavg()[0]:.1f} at the end of this run): times are noisy, ratios within one run are what counts. "
-            f"cluster: qc.index defaults (cells 2.3*sqrt(n), a home cell and {d.dedup_cells_per_vector - 1} spilled "
-            f"ones per vector, homes compared with homes and spilled rows, k-means on {d.dedup_train_per_cell} rows "
-            f"per cell, {'the full space' if not d.dedup_project_dim else f'a {d.dedup_project_dim}-d projection'}, "
-            f"{d.dedup_kmeans_iters} iterations). distributed: the same steps on Ray Data, two local nodes "
+            f"cluster: qc.index defaults (cells {d.dedup_cells_per_sqrt}*sqrt(n), k-means on {d.dedup_train_per_cell} "
+            f"rows per cell, {d.dedup_kmeans_iters} iterations, "
+            f"{'the full space' if not d.dedup_project_dim else f'in a {d.dedup_project_dim}-d principal projection'}; "
+            f"a home cell per vector plus the cells whose bisector with it is within {d.dedup_spill_radius} x the "
+            f"threshold's chord distance, at most {d.dedup_cells_per_vector} in all; homes compared with homes and "
+            "spilled rows, candidates filtered in the projection and re-scored in the full space). distributed: "
+            "the same steps on Ray Data, two local nodes "
             "of 1 CPU each; its peak RSS is the driver's. Exact at 2M would take hours: recall there is "
             "measured on the pairs touching a deterministic sample of rows (exact-sample).", ""]
     if args.append and RESULTS.exists():

@@ -123,7 +123,7 @@ def _brute_cells(x, model, radius, m):
         gap = np.linalg.norm(c - c[h], axis=1)
         bis = np.where(gap > 0, (d2[r] - d2[r, h]) / (2 * np.maximum(gap, 1e-300)), 0.0)
         spill = sorted((b, k) for k, b in enumerate(bis) if k != h and b <= radius)
-        out.append([h] + [k for _, k in spill][:m - 1])
+        out.append([h] + sorted(k for _, k in spill[:m - 1]))
     return out
 
 

@@ -130,10 +130,11 @@ def project(x: np.ndarray, proj: Optional[np.ndarray]) -> np.ndarray:
 
 def assign_cells(x: np.ndarray, model: CellModel, max_cells: int, radius: float, chunk: int = 65536,
                  projected: Optional[np.ndarray] = None) -> np.ndarray:
-    """(n, max_cells) int32: column 0 the home cell (nearest centroid; ties: lower cell), then the
-    cells whose bisector with the home cell is within `radius` of the vector, nearest bisector
-    first (ties: lower cell), -1 after the last. Candidates are the max_cells + 2 nearest
-    centroids. `projected`: project(x), when already computed.
+    """(n, max_cells) int32: column 0 the home cell (nearest centroid; ties: lower cell), then in
+    ascending order the cells whose bisector with the home cell is within `radius` of the vector
+    (the max_cells - 1 nearest bisectors when there are more; ties: lower cell), -1 after the
+    last. Candidates are the max_cells + 2 nearest centroids. `projected`: project(x), when
+    already computed.
 
     A row's cells must not depend on the batch it arrives in, and float32 BLAS rounding does
     depend on the batch's shape (by ~1e-6 here). So every decision is taken in float32 only where
@@ -175,8 +176,8 @@ def _spills(d2: np.ndarray, cand: np.ndarray, centroids: np.ndarray, sq: np.ndar
             radius: float, margin: float = 0.0):
     """(cells (r, m) as assign_cells returns them, unsure (r,) bool) from the squared distances d2
     of each row to its candidate cells cand (r, >= extra columns); sq: the centroids' squared
-    norms. margin > 0: float32 from faiss,
-    nearest first; margin 0: float64, any order, every decision final."""
+    norms. margin > 0: float32 from faiss, nearest first; margin 0: float64, any order, every
+    decision final."""
     k = d2.shape[1]
     r = np.arange(len(d2))[:, None]
     if margin > 0:  # faiss's order: nearest first; a tie it could break either way is unsure below
@@ -192,9 +193,12 @@ def _spills(d2: np.ndarray, cand: np.ndarray, centroids: np.ndarray, sq: np.ndar
     excess[:, 0] = -np.inf  # the home first
     near = excess <= 0
     near[:, extra:] = False
-    key = np.where(near, excess / np.maximum(gap, 1e-12), np.inf)  # bisector distance - radius
+    key = np.where(near, excess / np.maximum(gap, 1e-12), np.inf)  # 2 x (bisector distance - radius)
     pick = np.lexsort((c, key), axis=1)[:, :m]
     cells = np.where(near[r, pick], c[r, pick], -1).astype(np.int32)
+    # spilled cells in ascending order: their bisector order only decides a cut at m
+    cells[:, 1:] = np.sort(np.where(cells[:, 1:] < 0, np.iinfo(np.int32).max, cells[:, 1:]), axis=1)
+    cells[cells == np.iinfo(np.int32).max] = -1
     unsure = np.zeros(len(d2), bool)
     if margin <= 0:
         return cells, unsure
