@@ -350,7 +350,9 @@ def compare(n: int, out: Path, methods: list[str], labels, res: dict) -> list[st
                           f"largest cell {r['largest_cell']:,} ({r['largest_home']:,} at home), "
                           f"{r['compared'] / 1e6:.0f}M pairs compared")
             else:
-                extra += f", {r.get('nodes')} nodes"
+                extra += (f", {r.get('nodes')} nodes, {r.get('candidates', 0):,} candidate pairs, fit "
+                          f"{r.get('fit_s', 0):.1f} s, candidates {r.get('candidates_s', 0):.1f} s, "
+                          f"verify {r.get('verify_s', 0):.1f} s")
         rows.append(f"| {n:,} | {m} | {r['total_s']:.1f} | {speed} | {r['rss_peak_mb']:.0f} | {r['pairs']:,} | {recall} | "
                     f"{precision} | {agree} | {same_planted} | {decoys_removed} / {int(decoys.sum()):,} | "
                     f"{int(keep.sum()):,} | {extra} |")

@@ -231,6 +231,32 @@ def _dataset(ray, x, ids, blocks):
     return ray.data.from_arrow(table).repartition(blocks)
 
 
+def test_second_pass_rescores_each_candidate_from_both_full_vectors():
+    """candidate_vectors + verify_pairs, the Ray Data verification pass, as plain functions over
+    two batches: every candidate pair is re-scored once, and only those above the threshold stay."""
+    from engine.qc.dedup_distributed import candidate_vectors, verify_pairs
+
+    x, _, _ = cone(n=400, groups=10, decoys=5)
+    ids = np.array(ids_of(len(x)))
+    truth = sorted(brute_pairs(x, T))
+    near_miss = [(i, j) for i, j in zip(*np.nonzero(np.triu((x @ x.T > 0.9) & (x @ x.T <= T), 1)))][:30]
+    cand = sorted({(ids[i], ids[j]) for i, j in truth + near_miss})
+    members = {}
+    for k, (a, b) in enumerate(cand):
+        for sid, side in ((a, 0), (b, 1)):
+            members.setdefault(sid, ([], []))[0].append(k), members[sid][1].append(side)
+    halves = [candidate_vectors({"sample_id": ids[sl], "embedding": x[sl]}, members, 3) for sl in (slice(0, 150), slice(150, None))]
+    rows = {k: np.concatenate([h[k] for h in halves]) for k in halves[0]}
+    assert len(rows["pair"]) == 2 * len(cand) and len(near_miss) > 10
+    out = verify_pairs(rows, T)
+    got = {cand[k]: s for k, s in zip(out["pair"].tolist(), out["sim"].tolist())}
+    pos = {sid: k for k, sid in enumerate(ids)}
+    assert set(got) == {(ids[i], ids[j]) for i, j in truth}
+    np.testing.assert_allclose([got[c] for c in sorted(got)],
+                               [x[pos[a]].astype(np.float64) @ x[pos[b]].astype(np.float64) for a, b in sorted(got)],
+                               atol=1e-6)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_distributed_kept_set_independent_of_partitions(ray_session):

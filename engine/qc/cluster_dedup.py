@@ -229,16 +229,15 @@ def _torch_device():
     return "cuda" if torch.cuda.is_available() else None
 
 
-def cell_pairs(z: np.ndarray, threshold: float, n_home: Optional[int] = None,
-               full: Union[None, np.ndarray, Callable] = None, block: int = BLOCK, device: Optional[str] = None):
-    """Pairs with cosine > threshold among one cell's members (homes first, each group in
-    sample_id order): home x home (a < b) and home x spilled (a home, b spilled); n_home None:
-    every member is home. z: the members in the cell space (project()); full: their unit vectors,
-    an array or a function of member positions, for the float64 re-score (None: z are the unit
-    vectors). Returns (a, b, sim), positions in z."""
+def cell_candidates(z: np.ndarray, threshold: float, n_home: Optional[int] = None, block: int = BLOCK,
+                    device: Optional[str] = None):
+    """Candidate pairs among one cell's members z (in the cell space, homes first): home x home
+    (a < b) and home x spilled (a home, b spilled) closer than the threshold's chord in z, with
+    float32 slack; n_home None: every member is home. A superset of the pairs above the threshold
+    (a projection only shrinks distances). Returns (a, b), positions in z."""
     n = len(z)
     n_home = n if n_home is None else int(n_home)
-    empty = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    empty = np.empty(0, np.int64), np.empty(0, np.int64)
     if n_home == 0 or n < 2:
         return empty
     zs = np.ascontiguousarray(z, dtype=np.float32)
@@ -270,9 +269,19 @@ def cell_pairs(z: np.ndarray, threshold: float, n_home: Optional[int] = None,
             found_a.append(a[upper]), found_b.append(b[upper])
     if not found_a:
         return empty
-    a = np.concatenate(found_a).astype(np.int64)
-    b = np.concatenate(found_b).astype(np.int64)
-    sim = rescore(zs if full is None else full, a, b)
+    return np.concatenate(found_a).astype(np.int64), np.concatenate(found_b).astype(np.int64)
+
+
+def cell_pairs(z: np.ndarray, threshold: float, n_home: Optional[int] = None,
+               full: Union[None, np.ndarray, Callable] = None, block: int = BLOCK, device: Optional[str] = None):
+    """Pairs with cosine > threshold among one cell's members (homes first, each group in
+    sample_id order): the candidates of cell_candidates re-scored in float64. full: the members'
+    unit vectors, an array or a function of member positions (None: z are the unit vectors).
+    Returns (a, b, sim), positions in z."""
+    a, b = cell_candidates(z, threshold, n_home, block, device)
+    if len(a) == 0:
+        return a, b, np.empty(0, np.float32)
+    sim = rescore(np.ascontiguousarray(z, dtype=np.float32) if full is None else full, a, b)
     keep = sim > threshold
     return a[keep], b[keep], sim[keep].astype(np.float32)
 

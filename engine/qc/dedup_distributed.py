@@ -3,10 +3,14 @@ gather on the driver.
 
     rows (sample_id, embedding)
       -> map_batches: keep the hash-chosen training rows      -> one task: fit the cells (k-means)
-      -> map_batches: each row to its cells (bucket, cell, spilled, sample_id, embedding): its home
-         cell and the cells it is spilled into, centroids broadcast
-      -> groupby(bucket).map_groups: inside each cell of a bucket of cells, the pairs above the
-         threshold among home members and between home and spilled ones (GPU when present)
+      -> map_batches: each row to its cells (bucket, cell, spilled, sample_id, z): its home cell
+         and the cells it is spilled into, as its projection z (p of d floats), model broadcast
+      -> groupby(bucket).map_groups: inside each cell of a bucket of cells, the candidate pairs
+         (closer than the threshold in z) among home members and between home and spilled ones
+         (GPU when present)
+      -> driver: the candidate list (small), as {sample_id: its pairs}, broadcast
+      -> map_batches + groupby(pair bucket).map_groups: the two full vectors of each candidate
+         pair meet and are re-scored in float64; the pairs above the threshold
       -> driver: the pair list (small) through the sample_id-order walk
       -> map_batches: (sample_id, kept, duplicate_of, similarity), the duplicates broadcast
 
@@ -15,7 +19,7 @@ depends on how the rows are split into blocks: the training rows are chosen by a
 sample_id and sorted before k-means, a row's cells depend on its vector alone, each cell is sorted
 by sample_id before its pairs are found, pair cosines are re-scored one pair at a time, and the
 walk runs in sample_id order. Only the cell model (projection and centroids: (d + cells) x p
-floats) and the pair list travel through the driver.
+floats), the candidate list and the pair list travel through the driver.
 """
 from __future__ import annotations
 
@@ -26,8 +30,8 @@ from typing import Optional
 import numpy as np
 
 from engine.core.errors import UserError
-from engine.qc.cluster_dedup import (CellModel, assign_cells, cell_pairs, default_cells, fit_cells, project,
-                                     sample_fraction, sample_mask, spill_radius, _torch_device)
+from engine.qc.cluster_dedup import (CellModel, assign_cells, cell_candidates, default_cells, fit_cells, project,
+                                     rescore, sample_fraction, sample_mask, spill_radius, _torch_device)
 from engine.qc.filters import _check_threshold, unit_vectors, walk_pairs
 
 ID, EMB = "sample_id", "embedding"
@@ -98,49 +102,80 @@ def _resolve(ref):
 
 def assign_rows(batch: dict, model_ref, max_cells: int, radius: float, buckets: int) -> dict:
     """map_batches: each row to its cells (home, then spilled), one output row per cell (bucket,
-    cell, spilled, sample_id, embedding). Cells are grouped into `buckets` shuffle groups
-    (cell % buckets): one group per cell would pay Ray Data's per-group cost thousands of times."""
+    cell, spilled, sample_id, z): z is the row in the cell space (p of its d floats), all the
+    candidate search needs. Cells are grouped into `buckets` shuffle groups (cell % buckets): one
+    group per cell would pay Ray Data's per-group cost thousands of times."""
     ids, vecs = batch_vectors(batch)
-    cells = assign_cells(vecs, _resolve(model_ref), max_cells, radius)
+    model = _resolve(model_ref)
+    z = project(vecs, model.proj)
+    cells = assign_cells(vecs, model, max_cells, radius, projected=z)
     m = cells.shape[1]
     cell = cells.ravel()
     valid = cell >= 0
     row = np.repeat(np.arange(len(ids)), m)[valid]
     cell = cell[valid]
     return {"bucket": (cell % buckets).astype(np.int32), "cell": cell, "spilled": np.tile(np.arange(m) > 0, len(ids))[valid],
-            ID: ids[row], EMB: vecs[row]}
+            ID: ids[row], "z": z[row]}
 
 
-def pairs_of_bucket(group: dict, threshold: float, model_ref) -> dict:
-    """map_groups: the pairs above the threshold inside each cell of one bucket, as (a, b, sim)
-    with a < b by sample_id. Cells and their members (homes first) are sorted, so block layout
-    never matters."""
+def candidates_of_bucket(group: dict, threshold: float) -> dict:
+    """map_groups: the candidate pairs inside each cell of one bucket (cluster_dedup.cell_candidates),
+    as (a, b) with a < b by sample_id. Cells and their members (homes first) are sorted, so block
+    layout never matters."""
     ids = np.asarray(group[ID]).astype(str)
     cell = np.asarray(group["cell"])
     spilled = np.asarray(group["spilled"], bool)
     order = np.lexsort((ids, spilled, cell))
     ids, cell, spilled = ids[order], cell[order], spilled[order]
-    vecs = np.asarray(group[EMB], np.float32).reshape(len(ids), -1)[order]
+    z = np.asarray(group["z"], np.float32).reshape(len(ids), -1)[order]
     by_id = np.lexsort((ids, cell))  # a sample_id twice in one cell: given twice in the input
     same = (ids[by_id][1:] == ids[by_id][:-1]) & (cell[by_id][1:] == cell[by_id][:-1])
     if same.any():
         raise UserError(f"near-duplicate removal: sample_id {ids[by_id][int(np.flatnonzero(same)[0])]!r} "
                         "appears more than once")
-    model = _resolve(model_ref)
-    z = project(vecs, model.proj)  # the candidate filter's space; pairs are re-scored from vecs
-    full = vecs if model.proj is not None else None
     bounds = np.flatnonzero(np.diff(cell)) + 1
     device = _torch_device()
-    a_all, b_all, s_all = [], [], []
+    a_all, b_all = [], []
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ids)]):
-        a, b, s = cell_pairs(z[lo:hi], threshold, int((~spilled[lo:hi]).sum()),
-                             None if full is None else full[lo:hi], device=device)
+        a, b = cell_candidates(z[lo:hi], threshold, int((~spilled[lo:hi]).sum()), device=device)
         a, b = ids[lo:hi][a], ids[lo:hi][b]
         first = a < b
-        a_all.append(np.where(first, a, b)), b_all.append(np.where(first, b, a)), s_all.append(s)
+        a_all.append(np.where(first, a, b)), b_all.append(np.where(first, b, a))
     if not a_all:
-        return {"a": np.empty(0, str), "b": np.empty(0, str), "sim": np.empty(0, np.float32)}
-    return {"a": np.concatenate(a_all), "b": np.concatenate(b_all), "sim": np.concatenate(s_all).astype(np.float32)}
+        return {"a": np.empty(0, str), "b": np.empty(0, str)}
+    return {"a": np.concatenate(a_all), "b": np.concatenate(b_all)}
+
+
+def candidate_vectors(batch: dict, members_ref, buckets: int) -> dict:
+    """map_batches: each row that is in candidate pairs, once per pair (bucket, pair, side,
+    embedding), from the broadcast {sample_id: (pair numbers, sides)}; the other rows drop out."""
+    members = _resolve(members_ref)
+    ids, vecs = batch_vectors(batch)
+    rows, pairs, sides = [], [], []
+    for r, sid in enumerate(ids.tolist()):
+        hit = members.get(sid)
+        if hit is not None:
+            rows.extend([r] * len(hit[0])), pairs.extend(hit[0]), sides.extend(hit[1])
+    pairs = np.asarray(pairs, np.int64)
+    return {"bucket": (pairs % buckets).astype(np.int32), "pair": pairs, "side": np.asarray(sides, np.int8),
+            EMB: vecs[np.asarray(rows, np.int64)].reshape(len(rows), vecs.shape[1])}
+
+
+def verify_pairs(group: dict, threshold: float) -> dict:
+    """map_groups: the candidate pairs of one bucket re-scored in float64 from both members' full
+    vectors (cluster_dedup.rescore: the same cosine as the in-process path); those above the
+    threshold, as (pair, sim)."""
+    pair = np.asarray(group["pair"], np.int64)
+    side = np.asarray(group["side"], np.int8)
+    order = np.lexsort((side, pair))
+    pair, side = pair[order], side[order]
+    vecs = np.asarray(group[EMB], np.float32).reshape(len(pair), -1)[order]
+    first = side == 0
+    if not (first.sum() == (~first).sum() and (pair[first] == pair[~first]).all()):
+        raise RuntimeError("near-duplicate removal: a candidate pair lost a member between passes")
+    sim = rescore(vecs, np.flatnonzero(first), np.flatnonzero(~first))
+    keep = sim > threshold
+    return {"pair": pair[first][keep], "sim": sim[keep].astype(np.float32)}
 
 
 def mark_rows(batch: dict, dups_ref) -> dict:
@@ -222,31 +257,58 @@ def _dedup_dataset(ds, threshold: float, cfg, num_gpus: Optional[float], num_par
     # only sets how the shuffle is spread, never which pairs are found.
     cpus = int(ray.cluster_resources().get("CPU", 1))
     dim = np.asarray(ds.take_batch(1, batch_format="numpy")[EMB][0]).size
-    # a row travels once per cell: its home and ~3 spilled ones at the default radius (3.3 at 200k)
-    shuffled = n * min(cfg.dedup_cells_per_vector, cells, 5) * (4 * dim + 64)
+    # a row travels once per cell (its home and ~3 spilled ones at the default radius, 3.3 at 200k),
+    # as its p-dimensional projection
+    p = dim if cfg.dedup_project_dim <= 0 or cfg.dedup_project_dim >= dim else cfg.dedup_project_dim
+    shuffled = n * min(cfg.dedup_cells_per_vector, cells, 5) * (4 * p + 64)
     buckets = max(1, min(cells, max(2 * cpus, int(np.ceil(shuffled / 128e6)))))
     partitions = num_partitions or buckets
     assigned = ds.select_columns([ID, EMB]).map_batches(
         assign_rows, fn_kwargs={"model_ref": [model_ref], "max_cells": cfg.dedup_cells_per_vector,
                                 "radius": spill_radius(t, cfg), "buckets": buckets},
         batch_format="numpy")
-    pairs = assigned.groupby("bucket", num_partitions=partitions).map_groups(
-        pairs_of_bucket, fn_kwargs={"threshold": t, "model_ref": [model_ref]}, batch_format="numpy",
-        num_gpus=num_gpus)
-    a, b, s = [], [], []
-    for batch in pairs.iter_batches(batch_size=65536, batch_format="numpy"):
-        a.append(np.asarray(batch["a"]).astype(str)), b.append(np.asarray(batch["b"]).astype(str))
-        s.append(np.asarray(batch["sim"], np.float32))
-    a = np.concatenate(a) if a else np.empty(0, str)
-    b = np.concatenate(b) if b else np.empty(0, str)
-    s = np.concatenate(s) if s else np.empty(0, np.float32)
+    found = assigned.groupby("bucket", num_partitions=partitions).map_groups(
+        candidates_of_bucket, fn_kwargs={"threshold": t}, batch_format="numpy", num_gpus=num_gpus)
+    cand = set()
+    for batch in found.iter_batches(batch_size=65536, batch_format="numpy"):
+        cand.update(zip(np.asarray(batch["a"]).astype(str).tolist(), np.asarray(batch["b"]).astype(str).tolist()))
+    cand = sorted(cand)  # a pair found in two cells is re-scored once
+    clock.append(time.perf_counter())
+    a, b, s = _verify(ds, cand, t, cpus, dim, num_partitions)
     clock.append(time.perf_counter())
     dups = walk_pairs(a, b, s)
-    unique = len({(x, y) for x, y in zip(a.tolist(), b.tolist())})
     table = ds.select_columns([ID]).map_batches(mark_rows, fn_kwargs={"dups_ref": [ray.put(dups)]},
                                                 batch_format="numpy")
-    return DistributedDedup(table, dups, n, unique, cells,
-                            {"fit_s": clock[1] - clock[0], "pairs_s": clock[2] - clock[1], "buckets": buckets})
+    return DistributedDedup(table, dups, n, len(a), cells,
+                            {"fit_s": clock[1] - clock[0], "candidates_s": clock[2] - clock[1],
+                             "verify_s": clock[3] - clock[2], "buckets": buckets, "candidates": len(cand)})
+
+
+def _verify(ds, cand: list, threshold: float, cpus: int, dim: int, num_partitions: Optional[int]):
+    """The second pass: each candidate pair's two full vectors meet in a shuffle group (a row
+    travels once per candidate pair it is in: a few percent of the rows) and are re-scored there.
+    Returns (a, b, sim) of the pairs above the threshold."""
+    import ray
+
+    if not cand:
+        return np.empty(0, str), np.empty(0, str), np.empty(0, np.float32)
+    members: dict = {}
+    for k, (x, y) in enumerate(cand):
+        for sid, side in ((x, 0), (y, 1)):
+            hit = members.setdefault(sid, ([], []))
+            hit[0].append(k), hit[1].append(side)
+    buckets = max(1, min(len(cand), max(2 * cpus, int(np.ceil(2 * len(cand) * (4 * dim + 32) / 128e6)))))
+    rows = ds.select_columns([ID, EMB]).map_batches(
+        candidate_vectors, fn_kwargs={"members_ref": [ray.put(members)], "buckets": buckets}, batch_format="numpy")
+    checked = rows.groupby("bucket", num_partitions=num_partitions or buckets).map_groups(
+        verify_pairs, fn_kwargs={"threshold": threshold}, batch_format="numpy")
+    pair, sim = [], []
+    for batch in checked.iter_batches(batch_size=65536, batch_format="numpy"):
+        pair.append(np.asarray(batch["pair"], np.int64)), sim.append(np.asarray(batch["sim"], np.float32))
+    pair = np.concatenate(pair) if pair else np.empty(0, np.int64)
+    sim = np.concatenate(sim) if sim else np.empty(0, np.float32)
+    names = np.array(cand, dtype=str).reshape(-1, 2)
+    return names[pair, 0], names[pair, 1], sim
 
 
 # ---------------------------------------------------------------- privacy / reference on the workers
