@@ -163,7 +163,7 @@ def assign_cells(x: np.ndarray, model: CellModel, max_cells: int, radius: float,
                 z = xs[r:r + 1].astype(np.float64)
                 if proj64 is not None:
                     z = z @ proj64
-                c = cand[r:r + 1, :extra]
+                c = cand[r:r + 1]  # with the cell beyond the list's end: a tie there is re-ranked here
                 diff = cent64[c] - z[:, None, :]
                 out[start + r] = _spills(np.einsum("rkp,rkp->rk", diff, diff), c, cent64, sq64, m, extra, radius)[0]
     return out
@@ -207,10 +207,13 @@ def _spills(d2: np.ndarray, cand: np.ndarray, centroids: np.ndarray, sq: np.ndar
         unsure |= (np.abs(excess[:, 1:extra]) < margin).any(axis=1)  # a spill decision
     if k > extra:  # the candidate list's end, where the cell beyond it could be spilled
         unsure |= (dd[:, extra] - dd[:, extra - 1] < margin) & (excess[:, extra - 1:extra + 1].min(axis=1) < margin)
-    if extra > m:  # the spill list's end
-        sk = np.sort(key, axis=1)
+    if extra > m:  # the spill list's end: a near tie of the m-th and (m+1)-th nearest bisectors
+        ks = np.argsort(key, axis=1, kind="stable")[:, m - 1:m + 1]
+        k0, k1 = key[r, ks].T
+        g = gap[r, ks].min(axis=1)
         with np.errstate(invalid="ignore"):  # inf - inf: fewer than m + 1 near cells, no tie
-            unsure |= np.isfinite(sk[:, m]) & (sk[:, m] - sk[:, m - 1] < margin)
+            # key = excess / gap, so its float32 error is that of d2 over the gap: compare in d2 units
+            unsure |= np.isfinite(k1) & ((k1 - k0) * g < margin)
     return cells, unsure
 
 
