@@ -15,8 +15,8 @@ import numpy as np
 from engine.core.errors import UserError
 from eval.datasets import build_dataset, check_task
 from eval.datasets.base import EvalSet
-from eval.images import normalise
 from eval.loading import load_rows, row_class
+from train.frame import to_input
 
 TASKS = ("zero-shot", "grounding", "linear-probe", "segmentation")
 MODEL_FILE = "syncxr_model.json"
@@ -75,7 +75,7 @@ def _run_one(model, ds: EvalSet, task: str, frames: _Frames, out: Path, tag: str
         rows = ds.split("test")
         x, _, _ = frames.get(rows, "test", size, resize_to, False)
         labels = ds.labels(rows)
-        r = zero_shot_classification(model, normalise(x), labels, ds.classes, ds.kind, batch_size=bs)
+        r = zero_shot_classification(model, to_input(x), labels, ds.classes, ds.kind, batch_size=bs)
         scores = r.pop("scores")
         res.update(r)
         res["roc_png"] = str(report.roc_plot(labels, scores, ds.classes, f"{tag}: {ds.name}",
@@ -88,7 +88,7 @@ def _run_one(model, ds: EvalSet, task: str, frames: _Frames, out: Path, tag: str
         for split in ("valid", "test"):
             rows = _grounding_rows(ds, split)
             x, m, st = frames.get(rows, split + "-pos", size, resize_to, True)
-            parts.append((normalise(x), m, [row_class(ds, r) for _, r in rows.iterrows()], x, st))
+            parts.append((to_input(x), m, [row_class(ds, r) for _, r in rows.iterrows()], x, st))
         r = zero_shot_grounding(model, parts[0][:3], parts[1][:3], batch_size=bs)
         maps = r.pop("maps")
         res.update(r, clipped_targets=parts[0][4]["clipped"] + parts[1][4]["clipped"])
@@ -102,7 +102,7 @@ def _run_one(model, ds: EvalSet, task: str, frames: _Frames, out: Path, tag: str
         for split in ("train", "valid", "test"):
             rows = ds.split(split)
             x, _, _ = frames.get(rows, split, size, resize_to, False)
-            sets.append((pooled_features(model, normalise(x), bs), ds.labels(rows)))
+            sets.append((pooled_features(model, to_input(x), bs), ds.labels(rows)))
         r = linear_probe(*sets, ds.classes, ds.kind, seed=options.get("seed", 0))
         res["fractions"] = r
         for frac, v in r.items():
@@ -115,7 +115,7 @@ def _run_one(model, ds: EvalSet, task: str, frames: _Frames, out: Path, tag: str
         for split in ("train", "valid", "test"):
             rows = _grounding_rows(ds, split) if options.get("positives_only") else ds.split(split)
             x, m, st = frames.get(rows, split + "-seg", size, resize_to, True)
-            sets.append((normalise(x), m))
+            sets.append((to_input(x), m))
             clipped += st["clipped"]
         r = train_segmentation(model, *sets, epochs=options.get("epochs", 10), max_steps=options.get("max_steps"),
                                seed=options.get("seed", 0))

@@ -117,7 +117,7 @@ def write_real_like_table(dataset_dir: Path, out: Path, section: RealLikeSection
     from PIL import Image
 
     from actors.testing.degrade import degrade
-    from train.transforms import load_image
+    from train.frame import decode
 
     table_path = out / "pairs.csv"
     if table_path.is_file():
@@ -127,7 +127,7 @@ def write_real_like_table(dataset_dir: Path, out: Path, section: RealLikeSection
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for i, row in enumerate(rows):
-        image = load_image(row["image"]["bytes"])
+        image = decode(row["image"]["bytes"])
         if i in kinds:
             image = degrade(image, kinds[i], section.seed + i)
         name = f"images/{row['sample_id']}.png"

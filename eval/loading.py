@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from eval.datasets.base import EvalSet, image_paths, json_list
-from eval.images import read_image, to_frame
+from train.frame import decode, frame
 from eval.rle import decode_relative_rle
 
 
@@ -54,7 +54,7 @@ def row_class(ds: EvalSet, row: pd.Series) -> Optional[str]:
     return hits[0] if hits else None
 
 
-def load_rows(ds: EvalSet, rows: pd.DataFrame, imgpath, image_size: int, resize_to: int | None = None,
+def load_rows(ds: EvalSet, rows: pd.DataFrame, imgpath, image_size: int, resize_to: int,
               with_masks: bool = False) -> tuple[np.ndarray, Optional[np.ndarray], dict]:
     """(uint8 [N,S,S] frames, bool [N,S,S] target masks or None, {"clipped": n})."""
     frames, masks, clipped = [], [], 0
@@ -64,16 +64,16 @@ def load_rows(ds: EvalSet, rows: pd.DataFrame, imgpath, image_size: int, resize_
             img, class_masks = ds.render(row)
             target = class_masks.get(row_class(ds, row)) if with_masks else None
         else:
-            img = read_image(paths[i])
+            img = decode(paths[i])
             target = None
             if with_masks:
                 target, c = row_target(ds, row, img.shape)
                 clipped += c
-        frames.append(to_frame(img, image_size, resize_to))
+        frames.append(frame(img, image_size, resize_to))
         if with_masks:
             if target is None:
                 target = np.zeros(img.shape, bool)
-            masks.append(to_frame(target, image_size, resize_to, mask=True))
+            masks.append(frame(target, image_size, resize_to, mask=True))
     size = (0, image_size, image_size)
     out_frames = np.stack(frames) if frames else np.zeros(size, np.uint8)
     out_masks = (np.stack(masks) if masks else np.zeros(size, bool)) if with_masks else None

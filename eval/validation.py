@@ -12,13 +12,13 @@ PER_CLASS = 20  # test images per class: 100 in all, a few seconds per epoch on 
 @lru_cache(maxsize=4)
 def _frames(image_size: int, resize_to: int, per_class: int):
     from eval.datasets import build_dataset
-    from eval.images import normalise
     from eval.loading import load_rows
+    from train.frame import to_input
 
-    ds = build_dataset("phantom-5x200", n=per_class, seed=0, size=resize_to)  # drawn at input size
+    ds = build_dataset("phantom-5x200", n=per_class, seed=0)  # drawn as `syncxr eval` draws them
     rows = ds.split("test")
     x, _, _ = load_rows(ds, rows, None, image_size, resize_to, with_masks=False)
-    return normalise(x), ds.labels(rows), list(ds.classes)
+    return to_input(x), ds.labels(rows), list(ds.classes)
 
 
 def phantom_zero_shot(model, device, train_config=None, per_class: int = PER_CLASS) -> dict:
@@ -37,3 +37,6 @@ def phantom_zero_shot(model, device, train_config=None, per_class: int = PER_CLA
         model.train(was_training)
     return {"val_zero_shot_auc": float(res["mean_auc"]),
             "val_zero_shot_acc": float(res["multiclass_accuracy"])}
+
+
+phantom_zero_shot.metrics = ("val_zero_shot_auc", "val_zero_shot_acc")  # checked against validation.metric

@@ -14,7 +14,7 @@ from engine.core.errors import UserError
 from eval.datasets import build_dataset, check_task
 from eval.datasets import chexpert
 from eval.datasets.base import image_paths
-from eval.images import read_image
+from train.frame import decode
 from eval.loading import load_rows
 
 
@@ -97,16 +97,16 @@ def test_phantom_sets_have_masks_and_right_labels():
 def test_read_16bit_png_and_dicom(tmp_path):
     arr = np.linspace(1000, 4000, 64 * 32).reshape(32, 64).astype(np.uint16)
     Image.fromarray(arr).save(tmp_path / "p.png")
-    img = read_image(tmp_path / "p.png")
+    img = decode(tmp_path / "p.png")
     assert img.dtype == np.uint8 and img.shape == (32, 64) and img.min() == 0 and img.max() == 255
     write_dicom(tmp_path / "a.dcm", arr)
-    np.testing.assert_array_equal(read_image(tmp_path / "a.dcm"), img)
+    np.testing.assert_array_equal(decode(tmp_path / "a.dcm"), img)
     write_dicom(tmp_path / "b.dcm", arr, "MONOCHROME1")  # inverted display
-    inverted = read_image(tmp_path / "b.dcm").astype(int)
+    inverted = decode(tmp_path / "b.dcm").astype(int)
     assert np.abs(inverted - (255 - img.astype(int))).max() <= 1  # rounding only
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(UserError, match="bad.png: cannot read image"):
-        read_image(tmp_path / "bad.png")
+    with pytest.raises(UserError, match="bad.png cannot be decoded"):
+        decode(tmp_path / "bad.png")
 
 
 @pytest.mark.slow

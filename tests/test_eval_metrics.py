@@ -8,7 +8,7 @@ import pytest
 
 from eval import metrics
 from eval.datasets.base import shipped_file
-from eval.images import to_frame
+from train.frame import frame
 from eval.loading import boxes_to_mask
 from eval.prompts import class_prompts, pos_neg_prompts
 from eval.rle import decode_relative_rle, encode_relative_rle
@@ -103,7 +103,7 @@ def test_frame_geometry_keeps_image_and_mask_aligned():
     img = np.zeros((40, 80), np.uint8)  # wide: resized to 20 x 40, padded to 40 x 40, cropped to 32
     img[10:20, 40:60] = 255
     mask = img > 0
-    f, m = to_frame(img, 32, 40), to_frame(mask, 32, 40, mask=True)
+    f, m = frame(img, 32, 40), frame(mask, 32, 40, mask=True)
     assert f.shape == m.shape == (32, 32) and m.dtype == bool
     assert m.sum() == 50  # 10 x 20 box halved: 5 x 10
     assert (f[m] > 150).all() and (f[~m] < 100).all()  # bilinear edges blur, never cross

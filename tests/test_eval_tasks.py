@@ -13,7 +13,7 @@ from engine.core.errors import UserError
 from eval.datasets import build_dataset
 from eval.evaluate import evaluate
 from eval.grounding import choose_threshold, grounding_metrics, zero_shot_grounding
-from eval.images import normalise
+from train.frame import to_input
 from eval.linear_probe import linear_probe, pooled_features, subset_indices
 from eval.loading import load_rows, row_class
 from eval.segmentation import build_unet, train_segmentation
@@ -40,7 +40,7 @@ def phantom():
     for split in ("train", "valid", "test"):
         rows = ds.split(split)
         frames, masks, _ = load_rows(ds, rows, None, 64, 72, with_masks=True)
-        data[split] = (rows, normalise(frames), masks)
+        data[split] = (rows, to_input(frames), masks)
     return ds, data
 
 

@@ -272,37 +272,58 @@ def test_openi_source_matches_pngs_to_the_shipped_reports_by_parent_image_id(tmp
     assert src.skipped == {"not_frontal": 1, "no_matching_report": 1}
 
 
-# --- preprocessing --------------------------------------------------------------------------
+# --- decoding once, the in-memory cache -----------------------------------------------------
 
-from train.data.preprocess import preprocess_batch  # noqa: E402
+from train.data.cache import collect, epoch_batches  # noqa: E402
+from train.data.preprocess import decode_batch  # noqa: E402
 
 
-def test_preprocess_gives_fixed_size_arrays_and_flags_undecodable_images(tmp_path):
+def test_decoding_gives_frames_and_names_undecodable_images(tmp_path):
     path = tmp_path / "a.png"
     path.write_bytes(png_bytes(5, size=70))
-    batch = {"sample_id": ["a", "b", "c"], "image_bytes": [png_bytes(1), b"garbage", None],
-             "image_path": [None, None, str(path)], "report": ["One. Two.", "Three.", "Four five."]}
-    out = preprocess_batch(batch, image_size=32, resize_to=36, train=True)
-    assert out["image"].shape == (3, 1, 32, 32) and out["image"].dtype == np.float32
-    assert out["valid"].tolist() == [True, False, True]
-    assert out["text"][0] in ("One.", "Two.") and out["text"][2] == "Four five."
-    assert np.all(out["image"][1] == 0) and -1.0 <= out["image"][0].min() < out["image"][0].max() <= 1.0
-    val = preprocess_batch(batch, image_size=32, resize_to=36, train=False)
-    again = preprocess_batch(batch, image_size=32, resize_to=36, train=False)
-    assert val["text"][0] == "One. Two." and np.array_equal(val["image"], again["image"])
+    batch = {"sample_id": ["a", "b", "c", "d"], "image_bytes": [png_bytes(1), b"garbage", None, None],
+             "image_path": [None, None, str(path), None], "report": ["One. Two.", "Three.", "Four five.", "Six."]}
+    out = decode_batch(batch, resize_to=36)
+    assert out["frame"].shape == (4, 36, 36) and out["frame"].dtype == np.uint8
+    assert out["valid"].tolist() == [True, False, True, False]
+    assert out["error"][0] == "" and out["error"][1].startswith("b: image bytes cannot be decoded")
+    assert "no image bytes and no image path" in out["error"][3]
+    assert np.all(out["frame"][1] == 0) and out["frame"][0].max() > 0
+    cache = collect([out], 36)
+    assert list(cache.sample_ids) == ["a", "c"] and cache.skipped == 2 and cache.reports == ["One. Two.", "Four five."]
+    images, texts = cache.batch(np.array([1, 0]), 32)
+    assert images.shape == (2, 1, 32, 32) and texts == ["Four five.", "One. Two."]
+    _, sentences = cache.batch(np.array([0]), 32, sentence_rng=np.random.default_rng(0))
+    assert sentences[0] in ("One.", "Two.")
+
+
+def test_cache_does_not_depend_on_block_order_and_epochs_are_seeded_permutations():
+    batch = {"sample_id": ["b", "a", "c"], "image_bytes": [png_bytes(i) for i in range(3)],
+             "image_path": [None] * 3, "report": ["B.", "A.", "C."]}
+    one = collect([decode_batch(batch, 20)], 20)
+    halves = [decode_batch({k: v[2:] for k, v in batch.items()}, 20), decode_batch({k: v[:2] for k, v in batch.items()}, 20)]
+    two = collect(halves, 20)
+    assert list(one.sample_ids) == list(two.sample_ids) == ["a", "b", "c"]
+    assert np.array_equal(one.frames, two.frames) and one.reports == two.reports == ["A.", "B.", "C."]
+    a = epoch_batches(10, 3, 3, seed=0, epoch=1)
+    assert [x.tolist() for x in a] == [x.tolist() for x in epoch_batches(10, 3, 3, seed=0, epoch=1)]
+    assert len(set(np.concatenate(a).tolist())) == 9  # a permutation, cut into batches
+    assert [x.tolist() for x in a] != [x.tolist() for x in epoch_batches(10, 3, 3, seed=0, epoch=2)]
+    with pytest.raises(ValueError, match="need 12 rows"):
+        epoch_batches(10, 3, 4, seed=0, epoch=0)
 
 
 # --- the Ray Data pipeline ------------------------------------------------------------------
 
 @pytest.mark.ray
-def test_pipeline_mixes_sources_and_counts_undecodable_images(ray_session, tmp_path):
+def test_pipeline_mixes_sources_decodes_once_and_counts_undecodable_images(ray_session, tmp_path):
     from train.config import TrainConfig
     from train.data.pipeline import build_datasets, load_sources, plan_data, training_texts
 
     syn = make_synthetic_dataset(tmp_path / "syn", 30, bad=(3,))
     table = make_table(tmp_path / "real", 20, bad=(0, 1))
     cfg = TrainConfig.model_validate({"data": {"mix": {"mode": "ratio", "ratio": 0.5, "total": 20}, "batch_size": 8},
-                                      "validation": {"size": 6}})
+                                      "validation": {"size": 6}, "scaling": {"num_workers": 2}})
     sources = load_sources(cfg.data, str(syn), f"table:{table}")
     plan = plan_data(cfg, sources)
     assert {k: len(v) for k, v in plan.train.items()} == {"synthetic": 10, "real": 10}
@@ -310,14 +331,29 @@ def test_pipeline_mixes_sources_and_counts_undecodable_images(ray_session, tmp_p
     assert not set(plan.val["real"]) & set(plan.train["real"])
     assert plan_data(cfg, sources).train == plan.train  # deterministic
     assert len(training_texts(sources, plan)) == 20
-    train, val = build_datasets(cfg, sources, plan, image_size=24, resize_to=28)
-    rows = train.take_all()
-    assert len(rows) == 20 and {r["image"].shape for r in rows} == {(1, 24, 24)}
+    data = build_datasets(cfg, sources, plan, resize_to=28)
+    assert len(data.train) == 2 and [s.count() for s in data.train] == [10, 10]  # one fixed shard per worker
+    rows = [r for shard in data.train for r in shard.take_all()]
+    assert len(rows) == 20 and {r["frame"].shape for r in rows} == {(28, 28)}
     bad_ids = {r["sample_id"] for r in rows if not r["valid"]}
     expected_bad = {"syn-00003"} & set(plan.train["synthetic"]) | {"real-1000", "real-1001"} & set(plan.train["real"])
-    assert bad_ids == expected_bad
-    val_rows = val.take_all()
-    assert sorted(r["sample_id"] for r in val_rows) == plan.val["real"]
+    assert bad_ids == expected_bad and data.n_invalid == len(expected_bad) and data.n_valid == 20 - len(expected_bad)
+    assert data.first_error.startswith(sorted(expected_bad)[0])
+    assert sorted(r["sample_id"] for r in data.val.take_all()) == plan.val["real"]
+
+
+def test_data_that_cannot_train_stops_before_any_worker_starts():
+    from train.data.pipeline import DecodedData
+    from train.driver import check_decoded
+
+    none = DecodedData(train=[], val=None, n_valid=0, n_invalid=7, first_error="syn-1: image bytes cannot be decoded",
+                       val_invalid=0)
+    with pytest.raises(UserError, match=r"no training image decodes \(7 of 7 rows\); first: syn-1: image bytes"):
+        check_decoded(none, batch_size=4, world=1)
+    few = DecodedData(train=[], val=None, n_valid=5, n_invalid=2, first_error="x", val_invalid=0)
+    with pytest.raises(UserError, match="5 of 7 training images decode, fewer than one batch of 3 x 2"):
+        check_decoded(few, batch_size=3, world=2)
+    check_decoded(few, batch_size=5, world=1)
 
 
 # --- resources, metrics log, progress -------------------------------------------------------
@@ -332,13 +368,13 @@ def test_workers_the_cluster_cannot_place_are_refused():
     gpu = TrainConfig.model_validate({"scaling": {"num_workers": 8, "use_gpu": True, "cpus_per_worker": 1}})
     with pytest.raises(UserError, match="8 workers x 1 GPU = 8 GPU, the cluster has 0"):
         check_resources(gpu, {"CPU": 64.0})
-    full = TrainConfig.model_validate({"scaling": {"num_workers": 2, "cpus_per_worker": 1}})
-    with pytest.raises(UserError, match="leave 0 of the cluster's 2 CPU; Ray Data preprocessing needs 1"):
-        check_resources(full, {"CPU": 2.0})
-    one = TrainConfig.model_validate({"scaling": {"num_workers": 1, "cpus_per_worker": 1}})
-    check_resources(one, {"CPU": 2.0})
-    with pytest.raises(UserError, match=r"\(\+ 0.01 reserved\) leave 0.99"):  # a Tune trial's driver
-        check_resources(one, {"CPU": 2.0}, reserved_cpus=0.01)
+    # images decode before the workers start: the workers may take every CPU
+    check_resources(TrainConfig.model_validate({"scaling": {"num_workers": 2, "cpus_per_worker": 1}}), {"CPU": 2.0})
+    whole = TrainConfig.model_validate({"scaling": {"num_workers": 1, "cpus_per_worker": 2}})
+    with pytest.raises(UserError, match=r"1 workers x 2 CPU \(\+ 0.01 reserved\) = 2.01 CPU"):  # a Tune trial's driver
+        check_resources(whole, {"CPU": 2.0}, reserved_cpus=0.01)
+    with pytest.raises(UserError, match="data.num_cpus 4: more than the 2 CPU"):
+        check_resources(TrainConfig.model_validate({"data": {"num_cpus": 4}}), {"CPU": 2.0})
 
 
 def test_metrics_log_drops_records_of_a_killed_attempt(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.core.config import Section, load_yaml_model
 
@@ -56,12 +56,22 @@ class DataSection(Section):
     real_image_column: str = "image_path"  # table adapter: image path column
     mix: MixSection = Field(default_factory=MixSection)
     limit: Optional[int] = Field(None, ge=1)  # at most this many training pairs (after mixing)
-    augment: bool = True  # train.transforms.augment on training images
-    augment_settings: dict[str, Any] = Field(default_factory=dict)
+    augment: bool = True  # train/augment.py views of the training images (seeded)
+    augment_settings: dict[str, Any] = Field(default_factory=dict)  # over the model config's "augment"
     random_sentence: bool = True  # ConVIRT/GLoRIA text view: one random sentence per image
-    batch_size: int = Field(64, ge=1)  # rows per Ray Data preprocessing task
-    num_cpus: float = Field(0.5, gt=0)  # per preprocessing task
+    batch_size: int = Field(64, ge=1)  # rows per Ray Data decoding task
+    num_cpus: float = Field(0.5, gt=0)  # per decoding task (they run before training starts)
     seed: int = 0
+
+    @field_validator("augment_settings")
+    @classmethod
+    def _known_augment_keys(cls, value: dict) -> dict:
+        from train.augment import DEFAULT_AUGMENT
+
+        unknown = sorted(set(value) - set(DEFAULT_AUGMENT))
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(DEFAULT_AUGMENT)})")
+        return value
 
 
 class ValidationSection(Section):
@@ -72,6 +82,22 @@ class ValidationSection(Section):
     # hook(model, device, train_config) -> {metric: value}; None: retrieval recall only
     zero_shot: Optional[str] = None
     metric: str = "val_i2t_r10"  # what Tune/ASHA and "best" use (zero_shot metric when set)
+
+    @model_validator(mode="after")
+    def _hook_and_metric_exist(self) -> "ValidationSection":
+        from train.loop import resolve_hook
+        from train.retrieval import KS
+
+        known = ["val_loss", *(f"val_{d}_r{k}" for d in ("i2t", "t2i") for k in KS)]
+        if self.zero_shot:
+            try:
+                hook = resolve_hook(self.zero_shot)
+            except (ImportError, AttributeError, ValueError) as exc:
+                raise ValueError(f"zero_shot {self.zero_shot!r} cannot be resolved ({type(exc).__name__}: {exc})") from None
+            known += list(getattr(hook, "metrics", ()))
+        if self.metric not in known:
+            raise ValueError(f"metric {self.metric!r} is not reported (known: {', '.join(known)})")
+        return self
 
 
 class OptimSection(Section):

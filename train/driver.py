@@ -1,5 +1,6 @@
 """The training driver: from a TrainConfig to a finished run directory, through one TorchTrainer.
 
+Images are decoded once, by Ray Data tasks, before the workers start (train/data/pipeline.py).
 RUN/ holds: split.json (train/validation ids by source), model_init/ (the starting weights and
 tokenizer every worker loads), ray/ (Ray Train storage: checkpoints), metrics.jsonl, metrics.png,
 model/ (final weights, `load_model(RUN/model)`), run.json (config, data summary, result).
@@ -17,7 +18,7 @@ from engine.core.errors import UserError
 from train.checkpointing import latest_checkpoint_step
 from train.config import TrainConfig
 from train.data.pipeline import build_datasets, load_sources, plan_data, training_texts
-from train.loop import METRICS_FILE, MetricsLog, train_loop_per_worker
+from train.loop import METRICS_FILE, MetricsLog, threads_for, train_loop_per_worker, train_shard_name
 from train.progress import Tail, plot_metrics, read_records
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the default in Ray 2.60; explicit for older ones
@@ -28,29 +29,22 @@ class TrainingStopped(UserError):
     """The run stopped itself (non-finite loss); the last good checkpoint is kept."""
 
 
-# A Ray Data Parquet read starts with a file-listing task of one whole CPU (not configurable in
-# Ray 2.60): with less than that free beside the training workers, the read waits forever.
-DATA_MIN_CPUS = 1.0
-
-
 def check_resources(cfg: TrainConfig, cluster: dict, reserved_cpus: float = 0.0) -> None:
-    """Refuse, before anything starts, workers the cluster cannot place, and a CPU plan that
-    leaves too little for the Ray Data tasks that feed them (they would wait forever).
-    `reserved_cpus`: taken by something else of ours (a Tune trial's driver function)."""
+    """Refuse, before anything starts, workers the cluster cannot place. Images are decoded before
+    the workers start, so the workers may take every CPU. `reserved_cpus`: taken by something else
+    of ours (a Tune trial's driver function)."""
     s = cfg.scaling
     for key, per_worker in s.per_worker().items():
-        need, have = per_worker * s.num_workers, cluster.get(key, 0.0)
+        need = per_worker * s.num_workers + (reserved_cpus if key == "CPU" else 0.0)
+        have = cluster.get(key, 0.0)
         if need > have + 1e-9:
-            raise UserError(f"scaling: {s.num_workers} workers x {per_worker:g} {key} = {need:g} {key}, "
-                            f"the cluster has {have:g}")
-    cpus = cluster.get("CPU", 0.0)
-    free = cpus - s.cpus_per_worker * s.num_workers - reserved_cpus
-    need_free = max(cfg.data.num_cpus, DATA_MIN_CPUS)
-    if free + 1e-9 < need_free:
-        raise UserError(f"scaling: {s.num_workers} workers x {s.cpus_per_worker:g} CPU"
-                        + (f" (+ {reserved_cpus:g} reserved)" if reserved_cpus else "")
-                        + f" leave {max(free, 0):g} of the cluster's {cpus:g} CPU; Ray Data preprocessing "
-                        f"needs {need_free:g} (lower scaling.cpus_per_worker or num_workers)")
+            raise UserError(f"scaling: {s.num_workers} workers x {per_worker:g} {key}"
+                            + (f" (+ {reserved_cpus:g} reserved)" if reserved_cpus and key == "CPU" else "")
+                            + f" = {need:g} {key}, the cluster has {have:g}")
+    free = cluster.get("CPU", 0.0) - reserved_cpus
+    if cfg.data.num_cpus > free + 1e-9:
+        raise UserError(f"data.num_cpus {cfg.data.num_cpus:g}: more than the {max(free, 0):g} CPU the cluster has "
+                        f"for decoding")
 
 
 def scaling_config(s):
@@ -71,6 +65,9 @@ def prepare_model(cfg: TrainConfig, run_dir: Path, texts: list[str]):
     init_dir = run_dir / "model_init"
     if (init_dir / "config.json").exists() or (init_dir.is_dir() and any(init_dir.iterdir())):
         return load_model(str(init_dir), expect_name=cfg.model.name), init_dir
+    import torch
+
+    torch.manual_seed(cfg.seed)  # the same initial weights for the same command
     model = create_model(cfg.model.name, text_corpus=texts, tokenizer_dir=cfg.model.tokenizer_dir,
                          overrides=cfg.model.overrides or None)
     tmp = run_dir / "model_init.tmp"
@@ -98,14 +95,17 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
     sources = load_sources(cfg.data, synthetic or cfg.data.synthetic, real or cfg.data.real)
     plan = plan_data(cfg, sources)
     world = cfg.scaling.num_workers
-    steps_per_epoch = plan.n_train // world // cfg.batch_size
-    if steps_per_epoch < 1:
+    if plan.n_train < cfg.batch_size * world:
         raise UserError(f"batch_size {cfg.batch_size} x {world} workers is more than the {plan.n_train} training pairs")
     (run_dir / "split.json").write_text(json.dumps({"train": plan.train, "val": plan.val}, indent=0))
     model, init_dir = prepare_model(cfg, run_dir, training_texts(sources, plan))
-    train_ds, val_ds = build_datasets(cfg, sources, plan, model.image_size, model.resize_to,
-                                       model.config.get("augment"))
+    resize_to = model.resize_to
     del model
+    data = build_datasets(cfg, sources, plan, resize_to)
+    check_decoded(data, cfg.batch_size, world)
+    steps_per_epoch = data.n_valid // world // cfg.batch_size
+    datasets = {train_shard_name(rank): shard for rank, shard in enumerate(data.train)}
+    datasets["val"] = data.val
 
     run_config = RunConfig(
         name=RAY_RUN_NAME, storage_path=str(run_dir / "ray"),
@@ -116,13 +116,15 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
         train_loop_config={"train": cfg.model_dump(), "init_model_dir": str(init_dir), "run_dir": str(run_dir),
                            "steps_per_epoch": steps_per_epoch},
         scaling_config=scaling_config(cfg.scaling), run_config=run_config,
-        datasets={"train": train_ds, "val": val_ds}, dataset_config=DataConfig(datasets_to_split=["train"]))
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]))
     total_steps = steps_per_epoch * cfg.epochs
     resume_step = latest_checkpoint_step(run_dir / "ray")
     MetricsLog(str(run_dir), resume_step, enabled=True)  # drop a killed attempt's records (rank 0 does too)
     if show_progress:
-        print(f"training {cfg.model.name}: {plan.summary()['train']} pairs, {plan.n_val} held out, "
-              f"{cfg.epochs} epochs x {steps_per_epoch} steps, {world} worker(s)"
+        dropped = (f" ({data.n_invalid} images did not decode, left out)" if data.n_invalid else "")
+        print(f"training {cfg.model.name}: {plan.summary()['train']} pairs{dropped}, {plan.n_val} held out, "
+              f"{cfg.epochs} epochs x {steps_per_epoch} steps, {world} worker(s) x "
+              f"{threads_for(cfg.scaling.cpus_per_worker)} thread(s)"
               + (f"; resuming after step {resume_step}" if resume_step else ""), flush=True)
     t0 = time.perf_counter()
     if show_progress:
@@ -136,13 +138,26 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
     final = result.metrics or (records[-1] if records else {})
     if records and records[-1].get("kind") == "stopped":
         final = records[-1]  # Ray reports the metrics of the last checkpoint, not of the stop
-    summary = {"config": cfg.model_dump(), "data": plan.summary(), "steps_per_epoch": steps_per_epoch,
+    decoded = {"train_valid": data.n_valid, "train_undecodable": data.n_invalid, "val_undecodable": data.val_invalid,
+               "first_error": data.first_error}
+    summary = {"config": cfg.model_dump(), "data": {**plan.summary(), "decoded": decoded},
+               "steps_per_epoch": steps_per_epoch,
                "planned_steps": total_steps, "fit_seconds": seconds, "final": final}
     (run_dir / "run.json").write_text(json.dumps(summary, indent=1, default=str))
     if final.get("nonfinite_step"):
         raise TrainingStopped(f"non-finite loss at step {final['nonfinite_step']}: stopped, "
                               f"the last good checkpoint is kept under {run_dir / 'ray'}")
     return final
+
+
+def check_decoded(data, batch_size: int, world: int) -> None:
+    """Data that cannot train stops here, before any worker starts, with the counts."""
+    total = data.n_valid + data.n_invalid
+    if data.n_valid == 0:
+        raise UserError(f"no training image decodes ({data.n_invalid} of {total} rows); first: {data.first_error}")
+    if data.n_valid < batch_size * world:
+        raise UserError(f"{data.n_valid} of {total} training images decode, fewer than one batch of "
+                        f"{batch_size} x {world} worker(s)" + (f"; first error: {data.first_error}" if data.first_error else ""))
 
 
 def _fit(trainer):

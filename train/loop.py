@@ -1,11 +1,14 @@
 """The Ray Train worker loop: one function every training worker runs (TorchTrainer's
 `train_loop_per_worker`).
 
-Per epoch: the worker's shard of "train" (already decoded and augmented by Ray Data), one optimizer
-step per batch of `batch_size` rows, then on rank 0 validation on the held-out pairs (loss and
-recall@1/5/10 both ways, plus the optional zero-shot hook) and a checkpoint, through
-`ray.train.report` (every rank calls it once per epoch: it is a barrier). Rank 0 also appends each
-record to RUN/metrics.jsonl, which the driver tails for progress lines.
+At start: torch gets as many intra-op threads as the worker has CPUs; the worker reads its shard
+of the decoded frames (train/data/pipeline.py) into memory once (train/data/cache.py). Per epoch:
+a seeded permutation of the shard, one optimizer step per batch of `batch_size` rows (a seeded
+random view of each frame when augmentation is on, the centre crop otherwise), then on rank 0
+validation on the held-out pairs (loss and recall@1/5/10 both ways, plus the optional zero-shot
+hook) and a checkpoint, through `ray.train.report` (every rank calls it once per epoch: it is a
+barrier). Rank 0 also appends each record to RUN/metrics.jsonl, which the driver tails for
+progress lines. With one worker, two runs of the same command give the same numbers.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 
 from train.checkpointing import report_with_checkpoint, restore, training_state
 from train.config import TrainConfig
+from train.data.cache import epoch_batches
 from train.retrieval import retrieval_metrics
 
 METRICS_FILE = "metrics.jsonl"
@@ -29,12 +33,27 @@ METRICS_FILE = "metrics.jsonl"
 NONFINITE_AT_STEP_ENV = "SYNCXR_TEST_NONFINITE_AT_STEP"
 
 
-def collate(batch: dict) -> dict:
-    """Ray Data numpy batch -> tensors; text stays a list of str (tokenized on the worker)."""
-    return {"image": torch.from_numpy(np.ascontiguousarray(batch["image"], dtype=np.float32)),
-            "valid": torch.from_numpy(np.asarray(batch["valid"], dtype=bool)),
-            "text": [str(t) for t in batch["text"]],
-            "sample_id": [str(s) for s in batch["sample_id"]]}
+READ_BATCH = 256  # rows per batch when a worker reads its shard into memory
+
+
+def train_shard_name(rank: int) -> str:
+    return f"train_{rank}"
+
+
+def threads_for(cpus_per_worker: float) -> int:
+    """Intra-op threads of a worker: the CPUs it was given (at least one)."""
+    return max(1, int(round(cpus_per_worker)))
+
+
+def read_cache(shard, resize_to: int):
+    from train.data.cache import collect
+
+    return collect(shard.iter_batches(batch_size=READ_BATCH, batch_format="numpy"), resize_to)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
+    """A seed per (run seed, epoch, rank, random stream): augmentation and the sentence view."""
+    return int(np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(1)[0])
 
 
 def make_optimizer(model, optim_cfg, total_steps: int):
@@ -73,23 +92,38 @@ def _all_sum(values: list[float], world: int) -> list[float]:
     return t.tolist()
 
 
+def _all_min(value: int, world: int) -> int:
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
+
+
+def augment_settings(model_settings: dict | None, data_cfg) -> dict:
+    """The model config's augmentation settings with the training config's on top, checked."""
+    from train.augment import check_settings
+
+    return check_settings({**(model_settings or {}), **data_cfg.augment_settings}, "data.augment_settings")
+
+
 def _tokenize(model, texts, device):
     tok = model.tokenize(texts)
     return tok["input_ids"].to(device), tok["attention_mask"].to(device), int(tok["truncated"].sum())
 
 
 @torch.no_grad()
-def validate(model, val_shard, vcfg, device, autocast) -> dict:
-    """Loss and retrieval recall on the held-out pairs (rank 0 only: no collectives in here)."""
+def validate(model, val_cache, vcfg, device, autocast) -> dict:
+    """Loss and retrieval recall on the held-out pairs, in id order (rank 0 only: no collectives)."""
     model.eval()
-    losses, weights, img_emb, txt_emb, skipped = [], [], [], [], 0
-    for batch in val_shard.iter_torch_batches(batch_size=vcfg.batch_size, collate_fn=collate):
-        keep = batch["valid"]
-        skipped += int((~keep).sum())
-        if int(keep.sum()) < 2:
+    losses, weights, img_emb, txt_emb = [], [], [], []
+    n = len(val_cache)
+    for start in range(0, n, vcfg.batch_size):
+        idx = np.arange(start, min(start + vcfg.batch_size, n))
+        if len(idx) < 2:
             continue
-        images = batch["image"][keep].to(device)
-        texts = [t for t, k in zip(batch["text"], keep.tolist()) if k]
+        images, texts = val_cache.batch(idx, model.image_size)
+        images = images.to(device)
         ids, mask, _ = _tokenize(model, texts, device)
         with autocast():
             features = model(images, ids, mask)
@@ -100,9 +134,9 @@ def validate(model, val_shard, vcfg, device, autocast) -> dict:
         weights.append(len(texts))
     model.train()
     if not weights:
-        return {"val_loss": float("nan"), "val_skipped_images": skipped}
+        return {"val_loss": float("nan"), "val_skipped_images": val_cache.skipped}
     out = {"val_loss": float(np.average(losses, weights=weights)), "val_pairs": int(sum(weights)),
-           "val_skipped_images": skipped}
+           "val_skipped_images": val_cache.skipped}
     out.update(retrieval_metrics(np.concatenate(img_emb), np.concatenate(txt_emb)))
     return out
 
@@ -152,10 +186,17 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp)
 
+    torch.set_num_threads(threads_for(cfg.scaling.cpus_per_worker))
     torch.manual_seed(cfg.seed + rank)
     model = load_model(loop_cfg["init_model_dir"])  # identical start on every rank
-    steps_per_epoch = loop_cfg["steps_per_epoch"]
-    optimizer, scheduler = make_optimizer(model, cfg.optim, steps_per_epoch * cfg.epochs)
+    cache = read_cache(ray.train.get_dataset_shard(train_shard_name(rank)), model.resize_to)
+    val_cache = read_cache(ray.train.get_dataset_shard("val"), model.resize_to) if rank == 0 else None
+    # every rank takes the same number of steps (DDP): the planned count, or fewer if a shard is short
+    steps_per_epoch = int(min(loop_cfg["steps_per_epoch"], _all_min(len(cache) // cfg.batch_size, world)))
+    if steps_per_epoch < 1:
+        raise RuntimeError(f"rank {rank}: {len(cache)} decodable training rows, fewer than one batch of "
+                           f"{cfg.batch_size}")
+    optimizer, scheduler = make_optimizer(model, cfg.optim, loop_cfg["steps_per_epoch"] * cfg.epochs)
     start_epoch, step = restore(model, optimizer, scheduler)
     ddp = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the device
     core = ddp.module if hasattr(ddp, "module") else ddp
@@ -168,25 +209,19 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if rank == 0 and loop_cfg.get("run_dir"):
         record_placement_group(Path(loop_cfg["run_dir"]))
     hook = resolve_hook(cfg.validation.zero_shot)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
+    augment = augment_settings(model.config.get("augment"), cfg.data) if cfg.data.augment else None
     log_every = cfg.log_every_steps
     poisoned_step = int(os.environ.get(NONFINITE_AT_STEP_ENV) or 0)
+    skipped = int(_all_sum([cache.skipped], world)[0])
 
     for epoch in range(start_epoch, cfg.epochs):
-        t0, seen, loss_sum, n_steps, skipped, truncated = time.perf_counter(), 0, 0.0, 0, 0, 0
+        t0, seen, loss_sum, n_steps, truncated = time.perf_counter(), 0, 0.0, 0, 0
         bad_step = None
-        for batch in train_shard.iter_torch_batches(batch_size=cfg.batch_size, drop_last=True, collate_fn=collate,
-                                                    local_shuffle_buffer_size=4 * cfg.batch_size,
-                                                    local_shuffle_seed=cfg.seed + epoch + 1000 * rank):
-            keep = batch["valid"]
-            skipped += int((~keep).sum())
-            # every rank steps together (DDP): all skip a batch with too few decodable images
-            too_few = _all_sum([float(int(keep.sum()) < 2)], world)[0] > 0
-            if too_few:
-                continue
-            images = batch["image"][keep].to(device, non_blocking=True)
-            texts = [t for t, k in zip(batch["text"], keep.tolist()) if k]
+        views = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, rank, 0))
+        sentences = np.random.default_rng(epoch_seed(cfg.seed, epoch, rank, 1)) if cfg.data.random_sentence else None
+        for idx in epoch_batches(len(cache), cfg.batch_size, steps_per_epoch, cfg.seed, epoch, rank):
+            images, texts = cache.batch(idx, core.image_size, augment, views, sentences)
+            images = images.to(device, non_blocking=True)
             ids, mask, n_trunc = _tokenize(core, texts, device)
             truncated += n_trunc
             with autocast():
@@ -218,14 +253,14 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             ray.train.report(record)
             return
         seconds = time.perf_counter() - t0
-        seen, skipped, truncated = (int(v) for v in _all_sum([seen, skipped, truncated], world))
+        seen, truncated = (int(v) for v in _all_sum([seen, truncated], world))
         record = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(n_steps, 1),
                   "samples_per_s": seen / seconds if seconds else 0.0, "epoch_seconds": seconds,
                   "train_pairs_seen": seen, "skipped_images": skipped, "truncated_reports": truncated,
                   "lr": scheduler.get_last_lr()[0]}
         state = None
         if rank == 0:
-            record.update(validate(core, val_shard, cfg.validation, device, autocast))
+            record.update(validate(core, val_cache, cfg.validation, device, autocast))
             if hook is not None:
                 core.eval()
                 record.update(hook(core, device, cfg))

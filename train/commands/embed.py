@@ -39,28 +39,27 @@ def model_dir_of(path: str | Path) -> Path:
 
 def embed_source(model, source, batch_size: int = 64):
     """(ids, image embeddings [N, D], text embeddings [N, D], undecodable count) in the driver
-    process, batch by batch, with the same decoding and resizing as validation."""
+    process, batch by batch, in the model-input frame that training and validation use."""
     import numpy as np
     import torch
 
-    from train.data.preprocess import preprocess_batch
+    from train.data.cache import collect
+    from train.data.preprocess import decode_batch
 
     model.eval()
     table = source.to_arrow(source.ids)
     ids, image_parts, text_parts, skipped = [], [], [], 0
     for start in range(0, table.num_rows, batch_size):
-        rows = table.slice(start, batch_size).to_pydict()
-        batch = preprocess_batch(rows, model.image_size, model.resize_to, train=False)
-        keep = batch["valid"]
-        skipped += int((~keep).sum())
-        if not keep.any():
+        rows = collect([decode_batch(table.slice(start, batch_size).to_pydict(), model.resize_to)], model.resize_to)
+        skipped += rows.skipped
+        if not len(rows):
             continue
-        texts = [t for t, k in zip(batch["text"], keep) if k]
+        images, texts = rows.batch(np.arange(len(rows)), model.image_size)
         tok = model.tokenize(texts)
         with torch.no_grad():
-            image_parts.append(model.embed_image(torch.from_numpy(batch["image"][keep])).float().numpy())
+            image_parts.append(model.embed_image(images).float().numpy())
             text_parts.append(model.embed_text(tok["input_ids"], tok["attention_mask"]).float().numpy())
-        ids.extend(s for s, k in zip(batch["sample_id"], keep) if k)
+        ids.extend(str(s) for s in rows.sample_ids)
     if not ids:
         return [], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), skipped
     return ids, np.concatenate(image_parts), np.concatenate(text_parts), skipped

@@ -2,7 +2,7 @@
 
 On the driver: read the adapters' indexes, hold out the validation pairs (seeded, from the real
 side when there is one so every mixing ratio is scored on the same pairs), choose the training
-ids from the mix. In Ray Data tasks: read the chosen rows and preprocess them.
+ids from the mix. In Ray Data tasks: read the chosen rows and decode their images, once per run.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Optional
 
 from engine.core.errors import ConfigError
 from train.data.mixing import choose_mix, seeded_sample, split_validation
-from train.data.preprocess import preprocess_batch
+from train.data.preprocess import decode_batch
 from train.data.sources import Source, real_source, synthetic_source
 
 
@@ -75,23 +75,40 @@ def _union(parts):
     return ds.union(*parts[1:]) if len(parts) > 1 else ds
 
 
-def build_datasets(cfg, sources: dict[str, Source], plan: DataPlan, image_size: int, resize_to: int,
-                   augment_settings: Optional[dict] = None):
-    """(train_ds, val_ds): rows {sample_id, image float32[1,S,S], text, valid}. Augmentation:
-    the model's own settings (its config's "augment"), with data.augment_settings on top."""
-    d = cfg.data
-    common = {"image_size": image_size, "resize_to": resize_to, "augment": d.augment,
-              "augment_settings": {**(augment_settings or {}), **d.augment_settings},
-              "random_sentence": d.random_sentence}
-    train = _union([sources[name].to_ray(ids) for name, ids in plan.train.items()])
-    # a shuffle of the row order each epoch (local, cheap) so a batch mixes both sources
-    train = train.randomize_block_order(seed=cfg.seed).map_batches(
-        preprocess_batch, batch_size=d.batch_size, num_cpus=d.num_cpus, batch_format="numpy",
-        fn_kwargs={**common, "train": True})
-    val = _union([sources[name].to_ray(ids) for name, ids in plan.val.items()])
-    val = val.map_batches(preprocess_batch, batch_size=d.batch_size, num_cpus=d.num_cpus, batch_format="numpy",
-                          fn_kwargs={**common, "train": False})
-    return train, val
+@dataclass
+class DecodedData:
+    """The run's rows decoded once (uint8 frames at the model's resize_to) and materialised in
+    Ray's object store before any worker starts: `train` split into one dataset per worker (a
+    fixed split, so a worker's rows do not depend on timing), `val` whole for rank 0."""
+
+    train: list          # MaterializedDataset per worker
+    val: object          # MaterializedDataset
+    n_valid: int         # training rows whose image decoded
+    n_invalid: int
+    first_error: str     # of the first training row that did not decode ("" if none)
+    val_invalid: int
+
+
+def _decoded(ds, cfg, resize_to: int):
+    return ds.map_batches(decode_batch, batch_size=cfg.data.batch_size, num_cpus=cfg.data.num_cpus,
+                          batch_format="numpy", fn_kwargs={"resize_to": int(resize_to)}).materialize()
+
+
+def _invalid(mat) -> tuple[int, str]:
+    """(rows that did not decode, the first one's error) of a decoded dataset."""
+    errors = sorted(e for e in mat.select_columns(["error"]).to_pandas()["error"] if e)
+    return len(errors), (errors[0] if errors else "")
+
+
+def build_datasets(cfg, sources: dict[str, Source], plan: DataPlan, resize_to: int) -> DecodedData:
+    """Decode every training and validation image once (Ray Data tasks of data.num_cpus each)."""
+    train = _decoded(_union([sources[name].to_ray(ids) for name, ids in plan.train.items()]), cfg, resize_to)
+    val = _decoded(_union([sources[name].to_ray(ids) for name, ids in plan.val.items()]), cfg, resize_to)
+    n_invalid, first_error = _invalid(train)
+    val_invalid, _ = _invalid(val)
+    shards = train.split(cfg.scaling.num_workers, equal=True) if cfg.scaling.num_workers > 1 else [train]
+    return DecodedData(train=shards, val=val, n_valid=train.count() - n_invalid, n_invalid=n_invalid,
+                       first_error=first_error, val_invalid=val_invalid)
 
 
 def training_texts(sources: dict[str, Source], plan: DataPlan) -> list[str]:

@@ -1,41 +1,42 @@
-"""The per-batch work Ray Data runs in CPU tasks before a batch reaches a training worker: decode,
-augment (training only), resize/crop/normalise to a fixed-size float array, and pick the text
-view (one random sentence in training, the whole report for validation).
+"""The per-batch work Ray Data runs once per training run, before any worker starts: decode each
+image and resize it to the model's `resize_to` frame (train/frame.py), as uint8. Workers keep
+these frames in memory and take the crop (or a random view) each epoch, so nothing is decoded twice.
 
-An image that does not decode is not an error: its row comes out with `valid=False` and a zero
-image, so every worker still sees the same number of batches; the loop drops and counts it.
+An image that does not decode is not an error here: its row comes out with `valid=False`, a zero
+frame and the reason in `error`; the driver counts them (and stops when no row is valid), the
+workers drop them.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from train.frame import decode, resized
 
-def preprocess_batch(batch: dict, image_size: int, resize_to: int, train: bool, augment: bool = True,
-                     augment_settings: dict | None = None, random_sentence: bool = True,
-                     seed: int | None = None) -> dict:
-    from train import transforms
 
+def _image_source(batch: dict, i: int):
+    raw = batch["image_bytes"][i]
+    if raw is None or (isinstance(raw, float) and np.isnan(raw)):
+        return batch["image_path"][i]
+    return bytes(raw)
+
+
+def decode_batch(batch: dict, resize_to: int) -> dict:
+    """Rows {sample_id, image_bytes | image_path, report} -> {sample_id, frame uint8 [R, R],
+    report, valid, error}."""
     n = len(batch["sample_id"])
-    # Fresh augmentation each epoch (Ray Data re-runs this per pass); validation is deterministic.
-    rng = np.random.default_rng(seed if seed is not None else (None if train else 0))
-    images = np.zeros((n, 1, image_size, image_size), dtype=np.float32)
+    frames = np.zeros((n, resize_to, resize_to), dtype=np.uint8)
     valid = np.zeros(n, dtype=bool)
-    texts = []
+    errors = []
     for i in range(n):
-        raw = batch["image_bytes"][i]
-        if raw is None or (isinstance(raw, float) and np.isnan(raw)):
-            raw = batch["image_path"][i]
-        else:
-            raw = bytes(raw)
         try:
-            img = transforms.load_image(raw)
-            if train and augment:
-                img = transforms.augment(img, rng, augment_settings or {})
-            images[i] = transforms.preprocess(img, image_size, resize_to)
+            source = _image_source(batch, i)
+            if source is None:
+                raise ValueError("no image bytes and no image path")
+            frames[i] = resized(decode(source), resize_to)
             valid[i] = True
-        except Exception:  # noqa: BLE001 - any undecodable file is skipped and counted, not fatal
-            pass
-        report = str(batch["report"][i])
-        texts.append(transforms.random_sentence(report, rng) if train and random_sentence else report)
-    return {"sample_id": np.asarray(batch["sample_id"], dtype=object), "image": images,
-            "text": np.asarray(texts, dtype=object), "valid": valid}
+            errors.append("")
+        except Exception as exc:  # noqa: BLE001 - any undecodable image is counted and named, not fatal here
+            errors.append(f"{batch['sample_id'][i]}: {exc}")
+    return {"sample_id": np.asarray(batch["sample_id"], dtype=object), "frame": frames,
+            "report": np.asarray([str(r) if r is not None else "" for r in batch["report"]], dtype=object),
+            "valid": valid, "error": np.asarray(errors, dtype=object)}

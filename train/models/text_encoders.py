@@ -1,8 +1,10 @@
 """Text encoders: any transformers BERT-family model with its tokenizer (Bio_ClinicalBERT,
-CXR-BERT, from a directory or hub id), or "smallbert": a small random-init BertModel whose
-WordPiece vocabulary is trained on the given corpus (the CPU default; no weights needed).
+CXR-BERT, from a directory or hub id); "smallbert", a small random-init BertModel; or "bow", a
+token-embedding table (the CPU default: a bag of words once the method pools it). The two
+from-scratch kinds train a WordPiece vocabulary on the given corpus, so no weights are needed.
 
-`forward` returns every layer's hidden states; the methods pool them their own way."""
+`forward` returns every layer's hidden states [B, L, H] (for "bow" one layer: the token
+embeddings); the methods pool them their own way, so GLoRIA still gets per-word features."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,13 +17,13 @@ from engine.core.errors import ConfigError, UserError
 from train import tokenizer as tok
 
 
-def _smallbert_tokenizer(spec: dict, text_corpus: Iterable[str] | None, tokenizer_dir: str | None):
+def _corpus_tokenizer(spec: dict, text_corpus: Iterable[str] | None, tokenizer_dir: str | None):
     """An existing tokenizer in tokenizer_dir wins; else one is trained on text_corpus (and
     saved to tokenizer_dir when given)."""
     if tokenizer_dir and (Path(tokenizer_dir) / "tokenizer_config.json").is_file():
         return tok.load_tokenizer(tokenizer_dir)
     if text_corpus is None:
-        raise UserError("smallbert needs a text corpus to train its vocabulary or a tokenizer_dir "
+        raise UserError("a from-scratch text encoder needs a text corpus to train its vocabulary or a tokenizer_dir "
                         "holding one (neither given)")
     tokenizer = tok.train_wordpiece(text_corpus, vocab_size=int(spec["vocab_size"]),
                                     min_frequency=int(spec["min_frequency"]))
@@ -39,6 +41,27 @@ def without_pooler(make, source):
         return make(source)
 
 
+class TokenEmbeddings(nn.Module):
+    """The "bow" tower: one embedding per token, no mixing between tokens. Measured on two CPU
+    cores it learns faster per second than a random-init transformer (benchmarks/results/recipe.md)."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, pad_token_id: int, dropout: float = 0.0):
+        super().__init__()
+        self.embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
+        nn.init.normal_(self.embeddings.weight, std=hidden_size ** -0.5)
+        with torch.no_grad():
+            self.embeddings.weight[pad_token_id].zero_()
+        self.dropout = nn.Dropout(dropout)
+        self.hidden_size = hidden_size
+
+    def forward(self, input_ids, attention_mask) -> tuple[torch.Tensor]:
+        return (self.dropout(self.embeddings(input_ids)),)
+
+
+FROM_SCRATCH = ("smallbert", "bow")
+KINDS = (*FROM_SCRATCH, "hf", "transformers")
+
+
 class TextEncoder(nn.Module):
     def __init__(self, spec: dict, max_tokens: int, text_corpus=None, tokenizer_dir=None,
                  from_dir: str | None = None):
@@ -46,14 +69,20 @@ class TextEncoder(nn.Module):
         from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
         kind = spec.get("type")
-        if kind not in ("smallbert", "hf", "transformers"):
-            raise ConfigError(f"text_encoder.type: {kind!r} is not 'smallbert' or 'hf'")
-        if from_dir is not None:  # load_model: architecture from the saved config, weights later
+        if kind not in KINDS:
+            raise ConfigError(f"text_encoder.type: {kind!r} is not one of 'smallbert', 'bow', 'hf'")
+        self.kind = kind
+        if kind == "bow":  # architecture from the spec alone; load_model brings the weights
+            self.tokenizer = (tok.load_tokenizer(str(Path(from_dir) / "tokenizer")) if from_dir is not None
+                              else _corpus_tokenizer(spec, text_corpus, tokenizer_dir))
+            self.model = TokenEmbeddings(len(self.tokenizer), int(spec["hidden_size"]), self.tokenizer.pad_token_id,
+                                         float(spec.get("dropout") or 0.0))
+        elif from_dir is not None:  # load_model: architecture from the saved config, weights later
             self.tokenizer = tok.load_tokenizer(str(Path(from_dir) / "tokenizer"))
             config = AutoConfig.from_pretrained(str(Path(from_dir) / "text_encoder"))
             self.model = without_pooler(AutoModel.from_config, config)
         elif kind == "smallbert":
-            self.tokenizer = _smallbert_tokenizer(spec, text_corpus, tokenizer_dir)
+            self.tokenizer = _corpus_tokenizer(spec, text_corpus, tokenizer_dir)
             config = BertConfig(vocab_size=len(self.tokenizer), hidden_size=int(spec["hidden_size"]),
                                 num_hidden_layers=int(spec["num_hidden_layers"]),
                                 num_attention_heads=int(spec["num_attention_heads"]),
@@ -73,9 +102,9 @@ class TextEncoder(nn.Module):
             except Exception as exc:  # noqa: BLE001
                 raise UserError(f"text_encoder.path {source!r} cannot be loaded as a transformers model: "
                                 f"{type(exc).__name__}") from None
-        self.hidden_size = self.model.config.hidden_size
+        self.hidden_size = self.model.hidden_size if kind == "bow" else self.model.config.hidden_size
         self.max_tokens = int(max_tokens)
-        limit = getattr(self.model.config, "max_position_embeddings", None)
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         if limit is not None and self.max_tokens > limit:
             raise ConfigError(f"text.max_tokens {self.max_tokens} exceeds the text model's "
                               f"max_position_embeddings {limit}")
@@ -98,9 +127,12 @@ class TextEncoder(nn.Module):
         return tok.encode(self.tokenizer, list(texts), self.max_tokens)
 
     def forward(self, input_ids, attention_mask) -> tuple[torch.Tensor, ...]:
+        if self.kind == "bow":
+            return self.model(input_ids, attention_mask)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return out.hidden_states
 
     def save(self, out_dir: Path) -> None:
         self.tokenizer.save_pretrained(str(out_dir / "tokenizer"))
-        self.model.config.save_pretrained(str(out_dir / "text_encoder"))
+        if self.kind != "bow":  # bow is rebuilt from the model config
+            self.model.config.save_pretrained(str(out_dir / "text_encoder"))
