@@ -56,12 +56,12 @@ def test_train_then_embed_end_to_end(synth24, tmp_path):
                                     "--real", f"table:{table}"], cwd=ROOT, env=_env(), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    # 18 synthetic (24 - 6 held out) + 6 real = 24 training pairs = 4 steps of 6
-    assert "{'synthetic': 18, 'real': 6} pairs, 6 held out, 1 epochs x 4 steps" in proc.stdout
-    assert "epoch 1/1, step 4/4" in proc.stdout and "skipped images 1" in proc.stdout
+    # 18 synthetic (24 - 6 held out) + 6 real = 24 training pairs, 23 decode = 3 steps of 6
+    assert "{'synthetic': 18, 'real': 6} pairs (1 images did not decode, left out), 6 held out, 1 epochs x 3 steps" in proc.stdout
+    assert "epoch 1/1, step 3/3" in proc.stdout and "skipped images 1" in proc.stdout
     assert "Traceback" not in proc.stderr and " INFO " not in proc.stdout
     (epoch,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert epoch["skipped_images"] == 1 and epoch["train_pairs_seen"] == 23 and epoch["step"] == 4
+    assert epoch["skipped_images"] == 1 and epoch["train_pairs_seen"] == 18 and epoch["step"] == 3
     assert epoch["val_pairs"] == 6 and math.isfinite(epoch["val_loss"]) and 0 <= epoch["val_i2t_r1"] <= 1
     assert epoch["val_i2t_r10"] == 1.0  # 10 >= 6 candidates
     assert epoch["truncated_reports"] >= 0 and (run / "metrics.png").stat().st_size > 1000
@@ -115,6 +115,15 @@ def test_bad_input_is_one_line_before_training(ray_session, tmp_path, capsys):
 
     code, err = _cli(["train", "--config", str(cfg), "--out", str(tmp_path / "r4"), "--real", "csv:x"], capsys)
     assert code == 2 and "expected one of table:PATH, mimic:PATH, openi:PATH" in err[0]
+
+    # every image undecodable: stopped before any worker starts, naming the first bad row
+    broken = make_table(tmp_path / "broken", 20, bad=tuple(range(20)))
+    real_only = _config(tmp_path / "real.yaml", data={"mix": {"mode": "real"}}, validation={"source": "real"})
+    code, err = _cli(["train", "--config", str(real_only), "--out", str(tmp_path / "r5"), "--real", f"table:{broken}"],
+                     capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "no training image decodes (14 of 14 rows); first: real-10" in err[0] and "cannot be decoded" in err[0]
+    assert not (tmp_path / "r5" / "model").exists() and not (tmp_path / "r5" / "ray").exists()
 
 
 def test_train_commands_are_listed_with_their_outputs(capsys):

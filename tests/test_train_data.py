@@ -399,7 +399,7 @@ def test_train_config_refuses_unknown_fields(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml: field 'scaling.num_worker'"):
         load_train_config(bad)
     cfg, _ = load_train_config("configs/train-local.yaml")
-    assert cfg.model.name == "convirt-resnet18-smallbert" and cfg.validation.size == 200
+    assert cfg.model.name == "convirt-resnet18-bow" and cfg.validation.size == 200
 
 
 @pytest.mark.parametrize("name", ["train-local.yaml", "train-gloria-local.yaml", "train-demo.yaml",
@@ -426,4 +426,23 @@ def test_shipped_tune_configs_load_over_their_training_config(name):
     tcfg, cfg, _ = load_tune_config(f"configs/{name}")
     assert len(tcfg.search.ratios) >= 3 and cfg.epochs >= 2
     if name == "tune-local.yaml":
-        assert cfg.scaling.cpus_per_worker == 0.9 and cfg.data.limit == 600 and cfg.model.name == "convirt-resnet18-smallbert"
+        assert cfg.scaling.cpus_per_worker == 1.99 and cfg.data.limit == 600 and cfg.model.name == "convirt-resnet18-bow"
+
+
+def test_validation_hook_and_metric_are_checked_when_the_config_is_read(tmp_path):
+    from train.config import load_train_config
+
+    cases = {
+        "metric: val_i2t_r100": r"metric 'val_i2t_r100' is not reported \(known: val_loss, val_i2t_r1",
+        "zero_shot: eval.nowhere:hook": r"zero_shot 'eval.nowhere:hook' cannot be resolved \(ModuleNotFoundError",
+        "zero_shot: eval.validation:no_such_hook": r"cannot be resolved \(AttributeError",
+        "metric: val_zero_shot_auc": r"metric 'val_zero_shot_auc' is not reported",  # no hook, no such metric
+    }
+    for line, message in cases.items():
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(f"validation: {{{line}}}\n")
+        with pytest.raises(ConfigError, match=r"bad.yaml: field 'validation'.*" + message):
+            load_train_config(bad)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("validation: {zero_shot: 'eval.validation:phantom_zero_shot', metric: val_zero_shot_auc}\n")
+    assert load_train_config(ok)[0].validation.metric == "val_zero_shot_auc"

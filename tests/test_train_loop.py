@@ -154,3 +154,31 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     checkpoints = sorted((run / "ray").glob("train/checkpoint_*/state.pt"))
     assert [torch.load(c, weights_only=True)["step"] for c in checkpoints] == [10]
     assert not (run / "model").exists()  # no final model from broken weights (resuming: the test above)
+
+
+TIMING_KEYS = {"samples_per_s", "epoch_seconds"}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_two_runs_of_the_same_command_give_the_same_metrics(ray_session, tmp_path):
+    """One worker, augmentation and the random-sentence view on: every number but the timings
+    agrees to 1e-6 between two runs (same init, same order, same views)."""
+    from train.config import TrainConfig
+    from train.driver import run_training
+
+    data = make_synthetic_dataset(tmp_path / "syn", 50)
+    cfg = TrainConfig.model_validate({
+        "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
+        "data": {"batch_size": 20, "num_cpus": 0.5, "augment": True, "random_sentence": True},
+        "validation": {"size": 10, "batch_size": 10}, "epochs": 2, "batch_size": 8,
+        "optim": {"lr": 1e-3}, "scaling": {"num_workers": 1, "cpus_per_worker": 2}})
+    finals = [run_training(cfg, tmp_path / f"run{i}", synthetic=str(data), show_progress=False) for i in (1, 2)]
+    runs = [_records(tmp_path / f"run{i}") for i in (1, 2)]
+    assert [r["step"] for r in runs[0]] == [5, 10]  # 40 training pairs / batch 8, two epochs
+    for a, b in zip(*runs):
+        assert set(a) == set(b)
+        for key in set(a) - TIMING_KEYS:
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    assert runs[0][0]["train_loss"] != runs[0][1]["train_loss"]  # it trained
+    assert finals[0]["val_loss"] == pytest.approx(finals[1]["val_loss"], abs=1e-6)

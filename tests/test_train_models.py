@@ -23,7 +23,8 @@ CORPUS = [
 TINY_TEXT = {"vocab_size": 300, "min_frequency": 1, "hidden_size": 32, "num_hidden_layers": 2,
              "num_attention_heads": 2, "intermediate_size": 64}
 TINY = {"image": {"image_size": 64, "resize_to": 72}, "text_encoder": TINY_TEXT}
-NAMES = ("convirt-resnet18-smallbert", "gloria-resnet18-smallbert")
+TINY_BOW = {"vocab_size": 300, "min_frequency": 1, "hidden_size": 32}  # the bag-of-words tower's settings
+NAMES = ("convirt-resnet18-smallbert", "gloria-resnet18-smallbert", "convirt-resnet18-bow", "gloria-resnet18-bow")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,6 +39,8 @@ def one_thread():
 def tiny(name: str, **extra) -> ContrastiveModel:
     torch.manual_seed(0)
     overrides = json.loads(json.dumps(TINY))
+    if name.endswith("-bow"):
+        overrides["text_encoder"] = dict(TINY_BOW)
     for key, value in extra.items():
         overrides.setdefault(key, {}).update(value)
     if name.startswith("gloria"):
@@ -69,8 +72,8 @@ def test_configs_hold_the_paper_values():
     assert gloria["text"] == {"max_tokens": 97, "last_n_layers": 4} and gloria["head"]["embed_dim"] == 768
     assert gloria["image"] == {"image_size": 224, "resize_to": 256}
     assert gloria["text_encoder"]["path"] == "emilyalsentzer/Bio_ClinicalBERT"
-    from train.transforms import DEFAULT_AUGMENT
-    for name in list_models():  # the loop passes config["augment"] to transforms.augment
+    from train.augment import DEFAULT_AUGMENT
+    for name in list_models():  # the loop passes config["augment"] to train.augment
         aug = load_config(name)["augment"]
         assert set(aug) == set(DEFAULT_AUGMENT) and aug["hflip"] is False
 

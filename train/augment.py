@@ -79,7 +79,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     radius = min(radius, (min(h, w) - 1) // 2) or 1
     taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (taps[None] / sigma[:, None].float().clamp(min=1e-3)) ** 2)
-    kernel = kernel / kernel.sum(1, keepdim=True)                      # [B, K]
+    kernel = (kernel / kernel.sum(1, keepdim=True)).to(x.device)       # [B, K]
     y = x.reshape(1, b, h, w)
     y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=b)
     y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=b)
@@ -88,15 +88,17 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 def augment_batch(frames: torch.Tensor, image_size: int, settings: dict | None,
                   gen: torch.Generator) -> torch.Tensor:
-    """uint8 [B, R, R] frames -> float32 [B, 1, S, S], one random view each, normalised."""
+    """uint8 [B, R, R] frames -> float32 [B, 1, S, S], one random view each, normalised. The
+    draws come from `gen` (a CPU generator); the pixels stay on the frames' device."""
     s = check_settings(settings)
-    b = frames.shape[0]
+    b, dev = frames.shape[0], frames.device
     x = frames.float().unsqueeze(1)                                  # 0..255
-    grid = F.affine_grid(view_grids(b, image_size, s, gen), [b, 1, image_size, image_size], align_corners=False)
+    theta = view_grids(b, image_size, s, gen).to(dev)
+    grid = F.affine_grid(theta, [b, 1, image_size, image_size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    x = x * _uniform(b, s["brightness"], gen).float().view(b, 1, 1, 1)
+    x = x * _uniform(b, s["brightness"], gen).float().view(b, 1, 1, 1).to(dev)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mean) * _uniform(b, s["contrast"], gen).float().view(b, 1, 1, 1) + mean).clamp(0, 255)
+    x = ((x - mean) * _uniform(b, s["contrast"], gen).float().view(b, 1, 1, 1).to(dev) + mean).clamp(0, 255)
     sigma = _uniform(b, s["blur_sigma"], gen) * image_size / float(s["blur_reference_size"])
     x = _gaussian_blur(x, sigma)
     return (x / 255.0 - 0.5) / 0.5

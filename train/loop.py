@@ -45,6 +45,22 @@ def threads_for(cpus_per_worker: float) -> int:
     return max(1, int(round(cpus_per_worker)))
 
 
+def claim_priority() -> None:
+    """Ray starts its workers at nice 15, below its own helpers (the Train controller and watchers,
+    the raylet, the driver); on a small machine each of their wake-ups then preempts a training
+    thread, and torch's OpenMP threads wait on each other. The training worker is the work: back
+    to nice 0 where the OS allows it (root, or CAP_SYS_NICE), every thread of the process,
+    before torch starts its pool (later threads inherit it). Elsewhere it stays as Ray set it."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir() or os.getpriority(os.PRIO_PROCESS, 0) <= 0:
+        return
+    try:
+        for tid in os.listdir(tasks):
+            os.setpriority(os.PRIO_PROCESS, int(tid), 0)
+    except (PermissionError, ProcessLookupError):
+        pass
+
+
 def read_cache(shard, resize_to: int):
     from train.data.cache import collect
 
@@ -122,8 +138,7 @@ def validate(model, val_cache, vcfg, device, autocast) -> dict:
         idx = np.arange(start, min(start + vcfg.batch_size, n))
         if len(idx) < 2:
             continue
-        images, texts = val_cache.batch(idx, model.image_size)
-        images = images.to(device)
+        images, texts = val_cache.batch(idx, model.image_size, device=device)
         ids, mask, _ = _tokenize(model, texts, device)
         with autocast():
             features = model(images, ids, mask)
@@ -186,6 +201,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp)
 
+    claim_priority()
     torch.set_num_threads(threads_for(cfg.scaling.cpus_per_worker))
     torch.manual_seed(cfg.seed + rank)
     model = load_model(loop_cfg["init_model_dir"])  # identical start on every rank
@@ -220,8 +236,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         views = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, rank, 0))
         sentences = np.random.default_rng(epoch_seed(cfg.seed, epoch, rank, 1)) if cfg.data.random_sentence else None
         for idx in epoch_batches(len(cache), cfg.batch_size, steps_per_epoch, cfg.seed, epoch, rank):
-            images, texts = cache.batch(idx, core.image_size, augment, views, sentences)
-            images = images.to(device, non_blocking=True)
+            images, texts = cache.batch(idx, core.image_size, augment, views, sentences, device=device)
             ids, mask, n_trunc = _tokenize(core, texts, device)
             truncated += n_trunc
             with autocast():

@@ -26,6 +26,11 @@ def step(title: str) -> float:
     return time.time()
 
 
+def done(phases: dict, name: str, started: float) -> None:
+    phases[name] = time.time() - started
+    print(f"({phases[name]:.1f}s)")
+
+
 def write_problem_images(out: Path, n_clean: int = 8, seed: int = 101) -> Path:
     """Degraded phantoms (lateral, inverted, cropped, blank, text, ...): the stand-in for the real
     problematic images a cluster run judges with the MLLM."""
@@ -40,21 +45,23 @@ def write_problem_images(out: Path, n_clean: int = 8, seed: int = 101) -> Path:
 
 
 def run(config: str | None, out: Path, n_plan: int, n_synth: int, train_config: str = "train-demo.yaml",
-        eval_per_class: int = 100) -> None:
+        eval_per_class: int = 200) -> None:
     cfg = load_config(config)
     out.mkdir(parents=True, exist_ok=True)
+    phases: dict[str, float] = {}
+    began = time.time()
 
     t = step(f"1. entities of the {cfg.corpus.name} corpus ({cfg.extractor.backend} extractor)")
     table, stats = write_entities(cfg, out)
     print(format_long_tail(stats))
-    print(f"({time.time() - t:.1f}s)")
+    done(phases, "entities", t)
 
     t = step(f"2. balanced plan of {n_plan} samples")
     plan, pstats = write_plan(cfg, n_plan, out, table)
     print(format_plan_stats(pstats))
     example = plan.slice(0, 1).to_pylist()[0]
     print("first sample:", example["sample_id"], json.dumps(example["entities"]))
-    print(f"({time.time() - t:.1f}s)")
+    done(phases, "plan", t)
 
     print(f"\nwrote {out}/: entities.parquet, stats.json, rank_frequency.png, plan.parquet, plan_stats.json, plan_balance.png")
 
@@ -63,6 +70,7 @@ def run(config: str | None, out: Path, n_plan: int, n_synth: int, train_config: 
 
     bank = out / "qc-bank"
     print(format_stats(build_bank(cfg, write_problem_images(out), bank, overwrite=True)))
+    done(phases, "qc-bank", t)
 
     t = step(f"4. synth: {n_synth} samples through reports, images and QC on a local Ray")
     import shutil
@@ -75,15 +83,16 @@ def run(config: str | None, out: Path, n_plan: int, n_synth: int, train_config: 
     manifest = run_synth(cfg, n_synth, run_dir)
     funnel = manifest["counts"]["funnel"]
     print("QC funnel: " + " -> ".join(f"{k} {v}" for k, v in funnel.items()))
-    print(f"{manifest['kept']}/{manifest['planned']} samples in {run_dir / 'data'} ({time.time() - t:.1f}s)")
+    print(f"{manifest['kept']}/{manifest['planned']} samples in {run_dir / 'data'}")
     print(f"data card: {run_dir / 'DATACARD.md'}")
+    done(phases, "synth", t)
 
     train_config = train_config if "/" in train_config else f"configs/{train_config}"
     t = step(f"5. train ConVIRT on the {manifest['kept']} synthetic pairs ({train_config})")
     train_dir = out / "train"
     shutil.rmtree(train_dir, ignore_errors=True)
     _subcommand(["train", "--config", train_config, "--synthetic", str(run_dir), "--out", str(train_dir)])
-    print(f"({time.time() - t:.1f}s)")
+    done(phases, "train", t)
 
     t = step(f"6. zero-shot classification on the phantom test set of five findings ({eval_per_class} images each)")
     eval_dir = out / "eval"
@@ -91,7 +100,8 @@ def run(config: str | None, out: Path, n_plan: int, n_synth: int, train_config: 
                  "--n", str(eval_per_class), "--out", str(eval_dir)], show=False)
     results = json.loads((eval_dir / "results.json").read_text())
     print((eval_dir / "results.md").read_text().strip())
-    print(f"({time.time() - t:.1f}s)")
+    done(phases, "zero-shot", t)
+    print(f"\ndemo: {time.time() - began:.0f}s (" + ", ".join(f"{k} {v:.0f}s" for k, v in phases.items()) + ")")
     print(f"\nmean zero-shot AUC: {results['checkpoints'][0]['mean_auc']:.3f}")
 
 
@@ -116,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-plan", type=int, default=2000)
     ap.add_argument("--n-synth", type=int, default=2000)
     ap.add_argument("--train-config", default="train-demo.yaml", help="a training config: a name in configs/ or a path")
-    ap.add_argument("--eval-per-class", type=int, default=100, help="phantom test images per finding")
+    ap.add_argument("--eval-per-class", type=int, default=200, help="phantom test images per finding")
     args = ap.parse_args(argv)
     try:
         run(args.config, Path(args.out), args.n_plan, args.n_synth, args.train_config, args.eval_per_class)

@@ -23,19 +23,20 @@ class FrameCache:
         return len(self.sample_ids)
 
     def batch(self, idx: np.ndarray, image_size: int, augment: Optional[dict] = None,
-              generator=None, sentence_rng: Optional[np.random.Generator] = None):
-        """(images float32 tensor [B, 1, S, S], texts) of rows `idx`: the centre crop (validation,
-        or training without augmentation) or, with `augment` settings, a seeded random view; the
-        whole report, or one random sentence when `sentence_rng` is given."""
+              generator=None, sentence_rng: Optional[np.random.Generator] = None, device=None):
+        """(images float32 tensor [B, 1, S, S] on `device`, texts) of rows `idx`: the centre crop
+        (validation, or training without augmentation) or, with `augment` settings, a seeded
+        random view (computed on `device`); the whole report, or one random sentence when
+        `sentence_rng` is given."""
         import torch
 
         frames = self.frames[idx]
         if augment is not None:
             from train.augment import augment_batch
 
-            images = augment_batch(torch.from_numpy(frames), image_size, augment, generator)
+            images = augment_batch(torch.from_numpy(frames).to(device), image_size, augment, generator)
         else:
-            images = torch.from_numpy(to_input(center_crop(frames, image_size)))
+            images = torch.from_numpy(to_input(center_crop(frames, image_size))).to(device)
         reports = [self.reports[i] for i in idx]
         if sentence_rng is not None:
             reports = [random_sentence(r, sentence_rng) for r in reports]
