@@ -56,6 +56,7 @@ ARMS = (
     replace(REFERENCE, label="text: 2-layer transformer", model="convirt-resnet18-smallbert",
             overrides={"text_encoder": {"num_hidden_layers": 2}}),
     replace(REFERENCE, label="text: 4-layer smallbert (today's tower)", model="convirt-resnet18-smallbert"),
+    replace(REFERENCE, label="image 96 px + batch 32 (the two that helped)", size=96, batch=32),
 )
 
 

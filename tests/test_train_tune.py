@@ -18,6 +18,9 @@ def score_by_lr(model, device, cfg) -> dict:
     return {"lr_score": -cfg.optim.lr}
 
 
+score_by_lr.metrics = ("lr_score",)  # what validation.metric may name
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_asha_stops_a_trial_and_its_workers_and_the_next_trial_finishes(ray_session, tmp_path):

@@ -14,7 +14,7 @@ from engine.core.config import Section, load_yaml_model
 
 
 class ScalingSection(Section):
-    """Ray Train workers. On CPU, fractional cpus_per_worker leave room for Ray Data's tasks."""
+    """Ray Train workers; each runs torch on cpus_per_worker threads (rounded, at least one)."""
 
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
