@@ -57,7 +57,7 @@ def row_class(ds: EvalSet, row: pd.Series) -> Optional[str]:
 
 # Drawn sets of at least this many rows are rendered by a pool of processes (one per core):
 # a phantom takes ~0.1 s, so a 1,000-image test split would otherwise be minutes on one core.
-PARALLEL_RENDER_MIN = 64
+PARALLEL_RENDER_MIN = 200
 
 
 def rendered(ds: EvalSet, rows: pd.DataFrame) -> list[tuple[np.ndarray, dict]]:

@@ -55,7 +55,7 @@ def test_training_state_round_trips_through_weights_only_load(tmp_path):
 
 
 def test_zero_shot_hook_is_resolved_by_name():
-    from train.loop import resolve_hook
+    from train.hooks import resolve_hook
     from train.retrieval import recall_at_k
 
     assert resolve_hook("train.retrieval:recall_at_k") is recall_at_k

@@ -85,7 +85,7 @@ class ValidationSection(Section):
 
     @model_validator(mode="after")
     def _hook_and_metric_exist(self) -> "ValidationSection":
-        from train.loop import resolve_hook
+        from train.hooks import resolve_hook
         from train.retrieval import KS
 
         known = ["val_loss", *(f"val_{d}_r{k}" for d in ("i2t", "t2i") for k in KS)]

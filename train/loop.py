@@ -12,13 +12,12 @@ progress lines. With one worker, two runs of the same command give the same numb
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ import torch
 from train.checkpointing import report_with_checkpoint, restore, training_state
 from train.config import TrainConfig
 from train.data.cache import epoch_batches
+from train.hooks import resolve_hook
 from train.retrieval import retrieval_metrics
 
 METRICS_FILE = "metrics.jsonl"
@@ -87,17 +87,6 @@ def make_optimizer(model, optim_cfg, total_steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def resolve_hook(spec: Optional[str]) -> Optional[Callable]:
-    """"package.module:function" (or the last dot as separator) -> the callable. The hook is
-    called on rank 0 after validation as hook(model, device, train_config) -> {metric: value}."""
-    if not spec:
-        return None
-    module, sep, name = spec.partition(":") if ":" in spec else spec.rpartition(".")
-    if not module or not name:
-        raise ValueError(f"validation.zero_shot {spec!r}: expected 'module:function'")
-    return getattr(importlib.import_module(module), name)
 
 
 def _all_sum(values: list[float], world: int) -> list[float]:

@@ -19,16 +19,32 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
                     lowercase: bool = True):
-    """A BERT tokenizer (transformers, tokenizers-backed) whose WordPiece vocab is learnt on `texts`."""
+    """A BERT tokenizer (transformers, tokenizers-backed) whose WordPiece vocabulary is built from
+    `texts`: the special tokens, every character seen (alone and as a "##" continuation, so no
+    word is unknown), then the most frequent words (at least `min_frequency` times; ties by
+    spelling) up to `vocab_size`. Built here rather than by the tokenizers trainer, which breaks
+    ties between equally frequent merges in hash-map order: the same corpus gave another
+    vocabulary from run to run, and so another model."""
+    from collections import Counter
+
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
 
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise UserError("smallbert tokenizer: the text corpus is empty; give report texts or a tokenizer_dir")
-    wp = BertWordPieceTokenizer(lowercase=lowercase)
-    wp.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
-                           special_tokens=SPECIAL_TOKENS, show_progress=False)
+    splitter = BertWordPieceTokenizer(lowercase=lowercase)._tokenizer  # BERT's normaliser and pre-tokeniser
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(w for w, _ in splitter.pre_tokenizer.pre_tokenize_str(splitter.normalizer.normalize_str(text)))
+    chars = sorted({c for word in counts for c in word})
+    pieces = [*chars, *("##" + c for c in chars)]
+    taken = set(SPECIAL_TOKENS) | set(pieces)
+    frequent = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                if n >= min_frequency and w not in taken]
+    words = sorted(frequent[:max(0, vocab_size - len(SPECIAL_TOKENS) - len(pieces))])
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *pieces, *words])}
+    wp = BertWordPieceTokenizer(vocab=vocab, lowercase=lowercase)
     return BertTokenizerFast(tokenizer_object=wp._tokenizer, do_lower_case=lowercase,
                              unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                              sep_token="[SEP]", mask_token="[MASK]")
