@@ -5,7 +5,7 @@ something hostile to it, then runs the same command again and classifies the out
 tests/fault_harness.py:
 
   kill       kill -9 of the driver's whole process group at a random time, or of the driver at
-             a random named point (rounds, global QC, finalize) via SYNCXR_FAULT
+             a random named point (rounds, global QC, finalize) via tests/faulty_cli.py
   damage     1-3 files of random kinds deleted, truncated to a random length or with a byte flipped
   read-only  the output disk remounted read-only at a random point (a bind mount in a private
              mount namespace), the rerun then on the writable disk

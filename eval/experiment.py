@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from pydantic import Field
 
-from engine.core.config import Section, find_config_file, load_yaml_model
+from engine.core.config import Section, deep_merge, find_config_file, load_yaml_model
 from engine.core.errors import UserError
 from engine.core.files import save_figure, write_json, write_text
 from engine.dataset import open_dataset, report_text
@@ -250,7 +250,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, log=print) -> dict:
     for seed in cfg.seeds:
         for arm in cfg.arms:
             overrides, use_syn, use_real = arm_overrides(arm, seed, cfg.n, base.epochs)
-            train_cfg, _ = load_train_config(cfg.train_config, _merge(cfg.train, overrides))
+            train_cfg, _ = load_train_config(cfg.train_config, deep_merge(cfg.train, overrides))
             run_dir = out / "runs" / f"{arm}-seed{seed}"
             t0 = time.time()
             final = run_training(train_cfg, run_dir, synthetic=str(synthetic) if use_syn else None,
@@ -270,7 +270,3 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, log=print) -> dict:
     return results
 
 
-def _merge(base: dict, top: dict) -> dict:
-    from train.config import merge
-
-    return merge(json.loads(json.dumps(base)), top)

@@ -1,5 +1,5 @@
 """Zero-shot AUC as the validation metric of `syncxr train` and `syncxr tune`: a hook for
-`validation.zero_shot` ("eval.validation:phantom_zero_shot"). It scores the model on a small,
+`validation.zero_shot: phantom` (train/hooks.py registers it by this path). It scores the model on a small,
 fixed phantom test set (the five common findings), drawn once per process and reused every epoch."""
 from __future__ import annotations
 

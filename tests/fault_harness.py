@@ -62,19 +62,16 @@ def _leftovers(marker: str) -> None:
 
 
 def syncxr(args: list[str], fault: str | None = None, kill_after_s: float | None = None, timeout_s: float = 600,
-           wrap: list[str] | None = None, env_extra: dict | None = None) -> Result:
+           wrap: list[str] | None = None) -> Result:
     """Run `python -m engine.cli ARGS` in its own session with a private Ray temp dir; optionally
-    with a fault point armed (SYNCXR_FAULT), or killed with SIGKILL after kill_after_s. Whatever
+    with a fault point armed (through faulty_cli), or killed with SIGKILL after kill_after_s. Whatever
     the driver leaves (Ray's processes) is killed afterwards, by its process group and temp dir."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="sxf-", dir="/tmp"))
     env = {**os.environ, "TMPDIR": str(ray_tmp), "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)}
     env.pop("RAY_ADDRESS", None)
-    env.pop("SYNCXR_FAULT", None)
-    if fault:
-        env["SYNCXR_FAULT"] = fault
-    env.update(env_extra or {})
-    cmd = (wrap or []) + [PYTHON, "-m", "engine.cli", *args]
+    entry = ["-m", "faulty_cli", fault] if fault else ["-m", "engine.cli"]
+    cmd = (wrap or []) + [PYTHON, *entry, *args]
     err = tempfile.TemporaryFile()
     started = time.time()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)

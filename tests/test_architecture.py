@@ -52,3 +52,69 @@ def test_arrows_against_the_direction_are_named(tmp_path):
     assert [v.split(":")[0] for v in found] == ["engine.core.config -> engine.synth.run",
                                                "engine.synth.run -> engine.cli.commands.plan",
                                                "train.loop -> engine.synth.run"]
+
+
+# ---------------------------------------------------------------- environment variables
+
+PRODUCTION = ("engine", "actors", "train", "eval")
+# reads whose variable the user names in a config (reports.options.api_key_env): documented there
+CONFIG_NAMED = {"actors/report_openai.py"}
+
+
+def environment_reads(root: Path) -> list[tuple[str, int, str | None]]:
+    """(file, line, variable or None when not a literal) of every read of os.environ / os.getenv in
+    the production packages. Writes (assignment, setdefault of Ray's own switches) are not reads."""
+    import ast
+
+    found = []
+    for package in PRODUCTION:
+        for path in sorted((root / package).rglob("*.py")):
+            rel = str(path.relative_to(root))
+            tree = ast.parse(path.read_text(), rel)
+            for node in ast.walk(tree):
+                key = None
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                    f = node.func
+                    is_environ = isinstance(f.value, ast.Attribute) and f.value.attr == "environ"
+                    if (is_environ and f.attr in ("get", "pop")) or f.attr == "getenv":
+                        key = node.args[0] if node.args else None
+                    else:
+                        continue
+                elif (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+                      and isinstance(node.value, ast.Attribute) and node.value.attr == "environ"):
+                    key = node.slice
+                elif (isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops)
+                      and any(isinstance(c, ast.Attribute) and c.attr == "environ" for c in node.comparators)):
+                    key = node.left
+                else:
+                    continue
+                name = key.value if isinstance(key, ast.Constant) and isinstance(key.value, str) else None
+                found.append((rel, node.lineno, name))
+    return found
+
+
+def undocumented_reads(root: Path) -> list[str]:
+    docs = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    bad = []
+    for rel, line, name in environment_reads(root):
+        if name is None and rel in CONFIG_NAMED:
+            continue
+        if name is None or name not in docs:
+            bad.append(f"{rel}:{line} reads {name or 'a computed variable name'}")
+    return bad
+
+
+def test_no_production_module_reads_an_environment_variable_the_docs_do_not_name():
+    assert undocumented_reads(ROOT) == []
+    assert ("engine/core/ray_session.py", "RAY_ADDRESS") in {(f, n) for f, _, n in environment_reads(ROOT)}
+
+
+def test_a_planted_hidden_switch_is_found(tmp_path):
+    root = _tree(tmp_path, {
+        "README.md": "Set RAY_ADDRESS to reach a cluster.\n", "docs/x.md": "",
+        "engine/a.py": "import os\nADDR = os.environ.get('RAY_ADDRESS')\nFAULT = os.environ.get('SYNCXR_FAULT')\n",
+        "train/b.py": "import os\ndef f(k):\n    return os.getenv(k), 'SYNCXR_X' in os.environ, os.environ['HOME']\n",
+        "actors/c.py": "import os\nos.environ.setdefault('RAY_DEDUP_LOGS', '0')\n", "eval/d.py": "",
+    })
+    assert undocumented_reads(root) == ["engine/a.py:3 reads SYNCXR_FAULT", "train/b.py:3 reads a computed variable name",
+                                        "train/b.py:3 reads SYNCXR_X", "train/b.py:3 reads HOME"]

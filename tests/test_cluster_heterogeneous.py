@@ -10,7 +10,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from local_head import agent_port_args, free_ports, kill_all, processes_of
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -41,39 +41,6 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def agent_ports() -> list[str]:
-    # every node its own: the test session's Ray already holds the default agent ports
-    return [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                    "metrics-export-port", "runtime-env-agent-port")]
-
-
-def processes_of(marks: list[str]) -> list:
-    """Every process whose command line names one of our temp dirs or ports, with its children."""
-    import psutil
-
-    roots = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            line = " ".join(proc.info["cmdline"] or [])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if any(m in line for m in marks):
-            roots.append(proc)
-    found = {p.pid: p for p in roots}
-    for proc in roots:
-        try:
-            found.update({c.pid: c for c in proc.children(recursive=True)})
-        except psutil.NoSuchProcess:
-            continue
-    return list(found.values())
-
-
 def start(cmd: list[str], env: dict) -> None:
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
@@ -81,10 +48,8 @@ def start(cmd: list[str], env: dict) -> None:
 
 @pytest.fixture
 def two_node_cluster():
-    import psutil
-
     head_tmp = tempfile.mkdtemp(prefix="sxc-h-", dir="/tmp")  # short: Ray's socket paths
-    gcs, dash = free_port(), free_port()
+    gcs, dash, client = free_ports(3)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            # the driver and every worker import this checkout's engine (and the tests' helpers)
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
@@ -94,19 +59,13 @@ def two_node_cluster():
     try:
         start([str(BIN / "ray"), "start", "--head", f"--port={gcs}", *common,
                f"--resources={json.dumps({HEAD_GROUP: 100})}", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
-               f"--temp-dir={head_tmp}", *agent_ports()], env)
+               f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+               f"--temp-dir={head_tmp}", *agent_port_args()], env)
         start([str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs}", *common,
-               f"--resources={json.dumps({WORKER_GROUP: 100})}", *agent_ports()], env)
+               f"--resources={json.dumps({WORKER_GROUP: 100})}", *agent_port_args()], env)
         yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", env
     finally:
-        procs = processes_of(marks)
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=30)
+        kill_all(processes_of(marks))
         shutil.rmtree(head_tmp, ignore_errors=True)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,65 +13,28 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from local_head import agent_port_args, free_ports, kill_all, processes_of
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def head_processes(temp_dir: str, gcs_port: int) -> list:
-    """Every process of the head we started: those naming our temp dir or GCS port, and their children."""
-    import psutil
-
-    roots = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            line = " ".join(proc.info["cmdline"] or [])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if temp_dir in line or f":{gcs_port}" in line:
-            roots.append(proc)
-    found = {p.pid: p for p in roots}
-    for proc in roots:
-        try:
-            found.update({c.pid: c for c in proc.children(recursive=True)})
-        except psutil.NoSuchProcess:
-            continue
-    return list(found.values())
-
-
 @pytest.fixture
 def ray_head():
-    import psutil
-
     temp_dir = tempfile.mkdtemp(prefix="sxh-", dir="/tmp")  # short: Ray's socket paths
-    gcs, dash, client = free_port(), free_port(), free_port()
-    # every port of its own: the test session's Ray already holds the default agent ports
-    agents = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                      "metrics-export-port", "runtime-env-agent-port")]
+    gcs, dash, client = free_ports(3)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     env.pop("PYTHONPATH", None)  # the job must find the project through its working dir alone
     cmd = [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-           f"--temp-dir={temp_dir}", "--disable-usage-stats", *agents]
+           f"--temp-dir={temp_dir}", "--disable-usage-stats", *agent_port_args()]
     started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     try:
         assert started.returncode == 0, started.stderr[-2000:]
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        procs = head_processes(temp_dir, gcs)
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=30)
+        kill_all(processes_of([temp_dir, f":{gcs}"]))
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from test_train_data import TINY_MODEL, make_synthetic_dataset, make_table
+from train.hooks import VALIDATION_HOOKS
 
 
 def score_by_lr(model, device, cfg) -> dict:
@@ -19,6 +20,7 @@ def score_by_lr(model, device, cfg) -> dict:
 
 
 score_by_lr.metrics = ("lr_score",)  # what validation.metric may name
+VALIDATION_HOOKS.register("lr-score", "test_train_tune:score_by_lr")
 
 
 @pytest.mark.ray
@@ -32,7 +34,7 @@ def test_asha_stops_a_trial_and_its_workers_and_the_next_trial_finishes(ray_sess
     cfg = TrainConfig.model_validate({
         "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
         "data": {"batch_size": 12}, "validation": {"size": 6, "batch_size": 6, "metric": "lr_score",
-                                                   "zero_shot": "test_train_tune:score_by_lr"},
+                                                   "zero_shot": "lr-score"},
         "epochs": 2, "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 0.9}})
     # one ratio, three lrs run one after the other: 1e-4 (best), 1e-2 (worst: stopped), 1e-3
     tcfg = TuneConfig.model_validate({"search": {"ratios": [0.5], "lrs": [1e-4, 1e-2, 1e-3]},

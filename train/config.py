@@ -10,7 +10,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.core.config import Section, load_yaml_model
+from engine.core.config import Section, deep_merge, load_yaml_model
+from engine.core.errors import ConfigError
 
 
 class ScalingSection(Section):
@@ -78,8 +79,8 @@ class ValidationSection(Section):
     size: int = Field(200, ge=2)  # held-out pairs, seeded
     source: Literal["auto", "synthetic", "real"] = "auto"  # auto: real when given, else synthetic
     batch_size: int = Field(50, ge=2)
-    # "module:function" of a zero-shot hook, called on rank 0 after validation as
-    # hook(model, device, train_config) -> {metric: value}; None: retrieval recall only
+    # a hook of train.hooks.VALIDATION_HOOKS (e.g. "phantom": zero-shot AUC on phantom images);
+    # None: retrieval recall only
     zero_shot: Optional[str] = None
     metric: str = "val_i2t_r10"  # what Tune/ASHA and "best" use (zero_shot metric when set)
 
@@ -92,8 +93,8 @@ class ValidationSection(Section):
         if self.zero_shot:
             try:
                 hook = resolve_hook(self.zero_shot)
-            except (ImportError, AttributeError, ValueError) as exc:
-                raise ValueError(f"zero_shot {self.zero_shot!r} cannot be resolved ({type(exc).__name__}: {exc})") from None
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
             known += list(getattr(hook, "metrics", ()))
         if self.metric not in known:
             raise ValueError(f"metric {self.metric!r} is not reported (known: {', '.join(known)})")
@@ -167,16 +168,7 @@ class TuneConfig(Section):
 def load_train_config(path, overrides: Optional[dict] = None) -> tuple[TrainConfig, Any]:
     cfg, found = load_yaml_model(path, TrainConfig, "training config")
     if overrides:
-        cfg = TrainConfig.model_validate(merge(cfg.model_dump(), overrides))
+        cfg = TrainConfig.model_validate(deep_merge(cfg.model_dump(), overrides))
     return cfg, found
 
 
-def merge(base: dict, top: dict) -> dict:
-    """Nested dict `top` over `base` (for --synthetic/--real and Tune's per-trial values)."""
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out

@@ -9,7 +9,6 @@ Rerunning the same command resumes from the latest checkpoint (same Ray Train na
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -18,10 +17,10 @@ from engine.core.errors import UserError
 from train.checkpointing import latest_checkpoint_step
 from train.config import TrainConfig
 from train.data.pipeline import build_datasets, load_sources, plan_data, training_texts
+from train.hooks import VALIDATION_HOOKS
 from train.loop import METRICS_FILE, MetricsLog, threads_for, train_loop_per_worker, train_shard_name
 from train.progress import Tail, plot_metrics, read_records
 
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # the default in Ray 2.60; explicit for older ones
 RAY_RUN_NAME = "train"
 
 
@@ -114,7 +113,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": cfg.model_dump(), "init_model_dir": str(init_dir), "run_dir": str(run_dir),
-                           "steps_per_epoch": steps_per_epoch},
+                           "steps_per_epoch": steps_per_epoch, "hooks": VALIDATION_HOOKS.entries()},
         scaling_config=scaling_config(cfg.scaling), run_config=run_config,
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]))
     total_steps = steps_per_epoch * cfg.epochs

@@ -1,17 +1,22 @@
-"""Validation hooks named in a training config ("package.module:function"), resolved once when
-the config is read and again in each worker."""
+"""Validation hooks a training config names (`validation.zero_shot: phantom`), one registry of them.
+A hook is called on rank 0 after validation as hook(model, device, train_config) -> {metric: value}
+and lists the metrics it reports in its `metrics` attribute. Entries are import paths, so the
+trainer names eval's hook without importing eval. The driver's registry is the one that counts:
+the Tune trials and Ray Train workers it starts register its entries before reading the config."""
 from __future__ import annotations
 
-import importlib
 from typing import Callable, Optional
 
+from engine.core.registry import Registry
 
-def resolve_hook(spec: Optional[str]) -> Optional[Callable]:
-    """"package.module:function" (or the last dot as separator) -> the callable. The hook is
-    called on rank 0 after validation as hook(model, device, train_config) -> {metric: value}."""
-    if not spec:
-        return None
-    module, sep, name = spec.partition(":") if ":" in spec else spec.rpartition(".")
-    if not module or not name:
-        raise ValueError(f"validation.zero_shot {spec!r}: expected 'module:function'")
-    return getattr(importlib.import_module(module), name)
+VALIDATION_HOOKS = Registry("validation.zero_shot")
+VALIDATION_HOOKS.register("phantom", "eval.validation:phantom_zero_shot")
+
+
+def resolve_hook(name: Optional[str]) -> Optional[Callable]:
+    return VALIDATION_HOOKS.get(name) if name else None
+
+
+def register_hooks(entries: dict[str, str]) -> None:
+    for name, target in entries.items():
+        VALIDATION_HOOKS.register(name, target)

@@ -25,14 +25,10 @@ import torch
 from train.checkpointing import report_with_checkpoint, restore, training_state
 from train.config import TrainConfig
 from train.data.cache import epoch_batches
-from train.hooks import resolve_hook
+from train.hooks import register_hooks, resolve_hook
 from train.retrieval import retrieval_metrics
 
 METRICS_FILE = "metrics.jsonl"
-# fault injection for tests: the loss at this global step becomes NaN (unset or 0: off)
-NONFINITE_AT_STEP_ENV = "SYNCXR_TEST_NONFINITE_AT_STEP"
-
-
 READ_BATCH = 256  # rows per batch when a worker reads its shard into memory
 
 
@@ -181,6 +177,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     import ray.train.torch
     from train.models import load_model
 
+    register_hooks(loop_cfg["hooks"])
     cfg = TrainConfig.model_validate(loop_cfg["train"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -216,7 +213,6 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     hook = resolve_hook(cfg.validation.zero_shot)
     augment = augment_settings(model.config.get("augment"), cfg.data) if cfg.data.augment else None
     log_every = cfg.log_every_steps
-    poisoned_step = int(os.environ.get(NONFINITE_AT_STEP_ENV) or 0)
     skipped = int(_all_sum([cache.skipped], world)[0])
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -231,8 +227,6 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             with autocast():
                 features = ddp(images, ids, mask)
                 loss, _ = core.loss(features, gather=world > 1)
-            if step + 1 == poisoned_step:
-                loss = loss * float("nan")
             finite = _all_sum([float(not torch.isfinite(loss.detach()).item())], world)[0] == 0
             if not finite:
                 bad_step = step + 1

@@ -17,9 +17,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from engine.core.config import deep_merge
 from engine.core.errors import ConfigError
-from train.config import TrainConfig, TuneConfig, load_train_config, merge
+from train.config import TrainConfig, TuneConfig, load_train_config
 from train.data.mixing import max_total
+from train.hooks import VALIDATION_HOOKS, register_hooks
 
 TUNE_RUN_NAME = "tune"
 TRIAL_DRIVER_CPU = 0.01
@@ -27,7 +29,7 @@ TRIAL_DRIVER_CPU = 0.01
 
 def trial_train_config(base: dict, ratio: float, lr: float, total: int) -> TrainConfig:
     """The training config of one trial: the base with its ratio, fixed total and lr."""
-    return TrainConfig.model_validate(merge(base, {"data": {"mix": {"mode": "ratio", "ratio": ratio, "total": total}},
+    return TrainConfig.model_validate(deep_merge(base, {"data": {"mix": {"mode": "ratio", "ratio": ratio, "total": total}},
                                                    "optim": {"lr": lr}}))
 
 
@@ -38,6 +40,7 @@ def run_trial(config: dict) -> None:
 
     from train.driver import run_training
 
+    register_hooks(config["hooks"])
     cfg = trial_train_config(config["base"], config["ratio"], config["lr"], config["total"])
     run_dir = Path(config["out"]) / "trials" / ray.tune.get_context().get_trial_id()
     run_training(cfg, run_dir, synthetic=config["synthetic"], real=config["real"],
@@ -52,7 +55,7 @@ def common_total(cfg: TrainConfig, synthetic: Optional[str], real: Optional[str]
     if cfg.data.mix.total:
         return cfg.data.mix.total
     sources = load_sources(cfg.data, synthetic, real)
-    pools_cfg = TrainConfig.model_validate(merge(cfg.model_dump(), {"data": {"mix": {"mode": "concat"}, "limit": None}}))
+    pools_cfg = TrainConfig.model_validate(deep_merge(cfg.model_dump(), {"data": {"mix": {"mode": "concat"}, "limit": None}}))
     if "synthetic" not in sources or "real" not in sources:
         raise ConfigError("tune: a ratio sweep needs both --synthetic and --real data (or data.synthetic / data.real)")
     pools = plan_data(pools_cfg, sources).train
@@ -79,7 +82,7 @@ def load_tune_config(path) -> tuple[TuneConfig, TrainConfig, Path]:
         for key in ("synthetic", "real"):
             base["data"][key] = resolve_path(base["data"][key], Path(train_found).resolve().parent)
     try:
-        cfg = TrainConfig.model_validate(merge(base, tcfg.train))
+        cfg = TrainConfig.model_validate(deep_merge(base, tcfg.train))
     except Exception as exc:  # pydantic: name the tune file and the field
         from pydantic import ValidationError
         if isinstance(exc, ValidationError):
@@ -170,7 +173,7 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
                  if tcfg.asha.enabled else FIFOScheduler())
     param_space = {"ratio": tune.grid_search(ratios), "lr": tune.grid_search(lrs), "total": total,
                    "base": cfg.model_dump(), "synthetic": synthetic, "real": real, "out": str(out),
-                   "reserved_cpus": reserved}
+                   "reserved_cpus": reserved, "hooks": VALIDATION_HOOKS.entries()}
     print(f"tune: {len(ratios)} ratios x {len(lrs)} lrs x {tcfg.num_samples}, {total} training pairs each, "
           f"{cfg.epochs} epochs, ASHA {'on' if tcfg.asha.enabled else 'off'} ({metric}, {tcfg.mode})", flush=True)
     if not verbose:  # Tune's newer console output ignores verbose=0: the legacy one honours it

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
-import os
 import re
 import sys
 import textwrap
@@ -124,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if getattr(args, "verbose", False):
-        os.environ["SYNCXR_VERBOSE"] = "1"
-    else:
+    if not getattr(args, "verbose", False):
         warnings.filterwarnings("ignore", module="ray")  # Ray's own deprecation notes; --verbose shows them
     try:
         return args.func(args) or 0

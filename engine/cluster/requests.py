@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engine.cluster.placement import Request
+from engine.core.config import deep_merge
 from engine.core.errors import ConfigError
 from engine.core.yaml_file import read_yaml
 
@@ -132,13 +133,6 @@ def driver_request(entrypoint_resources: dict[str, float], entrypoint_num_cpus: 
     return Request("driver + part writer", bundle, 1, where, node_types=(head,) if on_head else None)
 
 
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def scaling_request(scaling: dict, stage: str, where: str, trials: int = 1) -> Request:
     """Ray Train workers from a `scaling` section (defaults as in train/config.py ScalingSection)."""
     if not isinstance(scaling, dict):
@@ -158,7 +152,7 @@ def tune_scaling(raw: dict, path: Path) -> dict:
         train_path = Path(raw["train_config"])
         train_path = train_path if train_path.is_absolute() else path.parent / train_path
         base = read_yaml(train_path, "training config", ConfigError) or {}
-    return _merge(base, raw.get("train") or {}).get("scaling") or {}
+    return deep_merge(base, raw.get("train") or {}).get("scaling") or {}
 
 
 def config_requests(path: str | Path, entrypoint_resources: dict[str, float] | None = None,

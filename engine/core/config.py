@@ -237,15 +237,23 @@ def load_config(path: str | Path | None = None, overrides: Optional[dict] = None
     path = find_config_file(path) if path is not None else DEFAULT_CONFIG
     data = read_yaml(path, "config", ConfigError)
     if overrides:
-        data = _merge(data or {}, overrides)
+        data = deep_merge(data or {}, overrides)
     return parse_config(data, source=str(path), base_dir=str(path.resolve().parent))
 
 
-def _merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for key, value in top.items():
+def deep_merge(base: dict, top: dict | None, strict: bool = False, where: str = "") -> dict:
+    """A copy of `base` with `top` over it, mappings merged key by key (the one merge of configs,
+    overrides and per-trial values). strict: a key of `top` that `base` lacks is a ConfigError
+    naming its path."""
+    import copy
+
+    out = copy.deepcopy(base)
+    for key, value in (top or {}).items():
+        path = f"{where}.{key}" if where else str(key)
+        if strict and key not in out:
+            raise ConfigError(f"{path}: unknown setting (known here: {', '.join(sorted(map(str, out)))})")
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value, strict, path)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out

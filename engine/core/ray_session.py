@@ -18,7 +18,7 @@ import threading
 from engine.core.errors import UserError
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
-CONNECT_TIMEOUT_S = float(os.environ.get("SYNCXR_CONNECT_TIMEOUT_S", "10"))
+CONNECT_TIMEOUT_S = 10.0
 
 
 class ClusterUnreachable(UserError):
@@ -103,11 +103,6 @@ def quiet_ray_data() -> None:
     ctx.enable_auto_log_stats = False
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def verbose_requested() -> bool:
-    """--verbose on any subcommand (the CLI sets SYNCXR_VERBOSE) asks for Ray's own logs."""
-    return os.environ.get("SYNCXR_VERBOSE", "") not in ("", "0")
 
 
 def _address_in_use_file() -> str | None:
@@ -195,12 +190,14 @@ def probe_address(address: str, timeout_s: float | None = None) -> None:
         channel.close()
 
 
-def init_ray(engine_cfg, address: str | None = None, quiet: bool | None = None):
+def init_ray(engine_cfg, address: str | None = None, verbose: bool = False):
     import ray
 
     if ray.is_initialized():
         return ray
-    quiet = not verbose_requested() if quiet is None else quiet
+    quiet = not verbose
+    # Train V2 is Ray 2.60's default; said where Ray starts, for clusters running older defaults
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if quiet:
         quiet_ray_logs()
     address = cluster_address(engine_cfg, address)

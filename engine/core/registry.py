@@ -22,6 +22,10 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def entries(self) -> dict[str, str]:
+        """name -> import path: what another process registers to see this registry as it is here."""
+        return dict(self._entries)
+
     def get(self, name: str) -> Any:
         if name not in self._entries:
             raise ConfigError(

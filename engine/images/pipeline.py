@@ -186,7 +186,8 @@ def _rows(table: pa.Table) -> list[dict]:
     return table.to_pylist()
 
 
-def run_images(cfg, reports_path: str | Path, out_dir: str | Path, limit: Optional[int] = None) -> dict:
+def run_images(cfg, reports_path: str | Path, out_dir: str | Path, limit: Optional[int] = None,
+               verbose: bool = False) -> dict:
     """Draw an image for every (accepted) input row; write out_dir/images.parquet and
     out_dir/images_rejected.parquet. Returns a summary."""
     import ray.data
@@ -198,7 +199,7 @@ def run_images(cfg, reports_path: str | Path, out_dir: str | Path, limit: Option
     reports_path, out_dir = Path(reports_path), Path(out_dir)
     schema = check_input(IMAGE_BACKENDS.get(cfg.images.backend), reports_path)
     stage_cls, kwargs = build_image_stage(cfg)
-    init_ray(cfg.engine)
+    init_ray(cfg.engine, verbose=verbose)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"images": out_dir / "images.parquet", "rejected": out_dir / "images_rejected.parquet"}
 

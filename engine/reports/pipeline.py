@@ -359,14 +359,14 @@ def _to_table(batch: dict) -> pa.Table:
     return pa.table(cols, schema=REPORTS_SCHEMA)
 
 
-def run_reports(cfg, plan_path: str | Path, out_dir: str | Path) -> dict:
+def run_reports(cfg, plan_path: str | Path, out_dir: str | Path, verbose: bool = False) -> dict:
     """Write out_dir/reports.parquet (rows in plan order) and return a summary."""
     import ray.data
 
     plan_path, out_dir = Path(plan_path), Path(out_dir)
     read_plan_schema(plan_path)
     prepared = prepare(cfg)
-    init_ray(cfg.engine)
+    init_ray(cfg.engine, verbose=verbose)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / "reports.parquet"
     ctx = ray.data.DataContext.get_current()

@@ -11,20 +11,17 @@ silently dropped.
 The run's identity (run.json) is the config digest, n and the content of every file the run
 reads (prompt, lexicon, QC bank, privacy images): a directory belongs to one identity.
 
-Fault points: `SYNCXR_FAULT=<point>[@<k>]:kill` makes the k-th pass (default 1) through a named
-point kill this process with SIGKILL; `...:exec:<shell command>` runs a command there (the fault
-harness uses it to turn the output disk read-only mid-run). Unset, a fault point costs one dict
-lookup.
+Fault points: the run calls `fault_point(name)` where a crash would be hardest to recover from
+(plan written, mid-round, global QC, finalize). In production nothing listens; the tests' fault
+launcher installs a handler (`set_fault_handler`) that kills the process there or remounts its disk.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import signal
-import subprocess
 import zlib
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,24 +33,17 @@ MARKER_FORMAT = "syncxr-run/1"
 
 # ---------------------------------------------------------------- fault points
 
-_hits: Counter = Counter()
+_fault_handler: Callable[[str], None] | None = None
+
+
+def set_fault_handler(handler: Callable[[str], None] | None) -> None:
+    global _fault_handler
+    _fault_handler = handler
 
 
 def fault_point(name: str) -> None:
-    spec = os.environ.get("SYNCXR_FAULT")
-    if not spec:
-        return
-    where, _, action = spec.partition(":")
-    point, _, count = where.partition("@")
-    if point != name:
-        return
-    _hits[name] += 1
-    if _hits[name] != int(count or 1):
-        return
-    if action.startswith("exec:"):
-        subprocess.run(action[5:], shell=True, check=False)
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
+    if _fault_handler is not None:
+        _fault_handler(name)
 
 
 # ---------------------------------------------------------------- checking one file

@@ -282,8 +282,8 @@ class _Cluster:
     """Ray and the privacy index, started when first needed (a finished run, or one whose open
     rounds are small, reruns without it)."""
 
-    def __init__(self, cfg, address, stages):
-        self.cfg, self.address, self.stages = cfg, address, stages
+    def __init__(self, cfg, address, stages, verbose: bool = False):
+        self.cfg, self.address, self.stages, self.verbose = cfg, address, stages, verbose
         self.ray = None
         self._privacy = False
 
@@ -292,7 +292,7 @@ class _Cluster:
         from engine.synth.round import check_stage_resources
 
         if self.ray is None:
-            self.ray = init_ray(self.cfg.engine, self.address)
+            self.ray = init_ray(self.cfg.engine, self.address, verbose=self.verbose)
             check_stage_resources(self.ray, self.cfg, strict=cluster_address(self.cfg.engine, self.address) is None)
         return self.ray
 
@@ -304,7 +304,7 @@ class _Cluster:
         return self._privacy
 
 
-def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
+def run_synth(cfg, n: int, out: Path, address: str | None = None, verbose: bool = False) -> dict:
     from engine.core.ray_session import cluster_address, probe_address
     from engine.synth.finalize import recover_published
     from engine.synth.integrity import check_out_arg, fault_point, identity
@@ -314,7 +314,7 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None) -> dict:
     stages = prepare_stages(cfg)  # driver-side checks (backends, prompt, bank) before any work
     mine = identity(cfg, n, "synth")
     theirs = owned_run(out, mine)
-    cluster = _Cluster(cfg, address, stages)
+    cluster = _Cluster(cfg, address, stages, verbose)
     target = cluster_address(cfg.engine, address)
     if target:
         probe_address(target)  # fails fast, before anything is written

@@ -45,7 +45,7 @@ def run(args) -> int:
     from train.driver import TrainingStopped, run_training
 
     cfg = load_for_cli(args.config)
-    init_ray(cfg.engine, args.address, quiet=not args.verbose)
+    init_ray(cfg.engine, args.address, verbose=args.verbose)
     try:
         final = run_training(cfg, args.out, synthetic=args.synthetic, real=args.real, verbose=args.verbose)
     except TrainingStopped as exc:

@@ -34,7 +34,7 @@ def run(args) -> int:
     from train.tune import load_tune_config, run_tune
 
     tcfg, cfg, _ = load_tune_config(args.config)
-    init_ray(cfg.engine, args.address, quiet=not args.verbose)
+    init_ray(cfg.engine, args.address, verbose=args.verbose)
     rows = run_tune(tcfg, cfg, args.out, synthetic=args.synthetic, real=args.real, verbose=args.verbose)
     out = Path(args.out)
     failed = [r for r in rows if r["error"]]

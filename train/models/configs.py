@@ -3,10 +3,10 @@
 nested dicts merged over it; a key the JSON does not have is a typo and is refused."""
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
+from engine.core.config import deep_merge
 from engine.core.errors import ConfigError, UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
@@ -17,27 +17,13 @@ def list_models() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
-def merge(base: dict, overrides: dict | None, where: str = "overrides") -> dict:
-    """Deep-merge `overrides` over a copy of `base`; unknown keys raise ConfigError."""
-    out = copy.deepcopy(base)
-    for key, value in (overrides or {}).items():
-        if key not in out:
-            known = ", ".join(sorted(out))
-            raise ConfigError(f"{where}.{key}: unknown model setting (known here: {known})")
-        if isinstance(out[key], dict) and isinstance(value, dict):
-            out[key] = merge(out[key], value, f"{where}.{key}")
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def load_config(name: str, overrides: dict | None = None) -> dict:
     if name not in list_models():
         raise UserError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     path = CONFIG_DIR / f"{name}.json"
     with open(path) as f:
         base = json.load(f)
-    config = merge(base, overrides)
+    config = deep_merge(base, overrides, strict=True, where="overrides")
     if config.get("method") not in METHODS:
         raise ConfigError(f"{path.name}: method must be one of {', '.join(METHODS)}, got {config.get('method')!r}")
     image = config["image"]

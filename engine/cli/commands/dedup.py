@@ -81,11 +81,11 @@ def dedup_local(path: Path, threshold: float, index_cfg, method: str):
                    "method": dedup_method(len(ids), index_cfg, kind)}
 
 
-def dedup_ray(path: Path, threshold: float, cfg, address, out_dir: Path) -> dict:
+def dedup_ray(path: Path, threshold: float, cfg, address, out_dir: Path, verbose: bool = False) -> dict:
     from engine.core.ray_session import init_ray, quiet_ray_data
     from engine.qc.dedup_distributed import dedup_dataset
 
-    ray = init_ray(cfg.engine, address)
+    ray = init_ray(cfg.engine, address, verbose=verbose)
     quiet_ray_data()
     ds = ray.data.read_parquet(str(path.resolve())).select_columns(["sample_id", "embedding"])
     res = dedup_dataset(ds, threshold, cfg.qc.index)
@@ -115,7 +115,7 @@ def run(args) -> int:
         shutil.rmtree(target)
     start = time.perf_counter()
     if args.ray:
-        summary = dedup_ray(path, args.threshold, cfg, args.address, target)
+        summary = dedup_ray(path, args.threshold, cfg, args.address, target, verbose=args.verbose)
     else:
         import pyarrow.parquet as pq
 

@@ -48,7 +48,7 @@ def run_images_command(args) -> int:
     cfg = load_config(args.config, overrides={"images": overrides} if overrides else None)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
-    summary = run_images(cfg, Path(args.reports), Path(args.out), limit=args.limit)
+    summary = run_images(cfg, Path(args.reports), Path(args.out), limit=args.limit, verbose=args.verbose)
     (Path(args.out) / "images_summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
     print(f"wrote {summary['path']}")

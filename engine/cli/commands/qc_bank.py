@@ -41,7 +41,8 @@ def _collect(ds, columns: list[str]) -> dict:
     return parts
 
 
-def build_bank(cfg, src, out, keep: str = "problematic", limit=None, address=None, overwrite=False) -> dict:
+def build_bank(cfg, src, out, keep: str = "problematic", limit=None, address=None, overwrite=False,
+               verbose: bool = False) -> dict:
     from engine.qc.stages import (check_backends, embed_dataset, embedder_signature, image_source_dataset, judge_dataset,
                            save_bank)
     from engine.core.ray_session import init_ray
@@ -53,7 +54,7 @@ def build_bank(cfg, src, out, keep: str = "problematic", limit=None, address=Non
         raise UserError(f"--limit must be at least 1, got {limit}")
     check_backends(cfg.qc)
     started = time.time()
-    ray = init_ray(cfg.engine, address)
+    ray = init_ray(cfg.engine, address, verbose=verbose)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = image_source_dataset(src, limit)
     judged = keep == "problematic"
@@ -113,7 +114,7 @@ def format_stats(stats: dict) -> str:
 def run(args) -> int:
     cfg = load_config(args.config)
     stats = build_bank(cfg, Path(args.images), Path(args.out), keep=args.keep, limit=args.limit,
-                       address=args.address, overwrite=args.overwrite)
+                       address=args.address, overwrite=args.overwrite, verbose=args.verbose)
     print(format_stats(stats))
     print(f"wrote {args.out}/: metadata.json, embeddings.npy, index.faiss")
     return 0

@@ -33,7 +33,7 @@ def run(args) -> int:
 
     overrides = {k: v for k, v in (("backend", args.backend), ("model", args.model)) if v is not None}
     cfg = load_config(args.config, overrides={"reports": overrides} if overrides else None)
-    summary = run_reports(cfg, Path(args.plan), Path(args.out))
+    summary = run_reports(cfg, Path(args.plan), Path(args.out), verbose=args.verbose)
     (Path(args.out) / "reports_summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
     print(f"wrote {summary['path']}")

@@ -28,7 +28,7 @@ def run(args) -> int:
 
     out = check_out_arg(args.out)
     cfg = load_config(args.config)
-    manifest = run_synth(cfg, args.n, out, args.address)
+    manifest = run_synth(cfg, args.n, out, args.address, verbose=args.verbose)
     print(f"{manifest['kept']}/{manifest['planned']} samples in {out / 'data'}; "
           f"rejected attempts: {manifest['counts']['rejected_attempts']} ({out / 'rejected'}); "
           f"data card: {out / 'DATACARD.md'}")
