@@ -146,7 +146,7 @@ def train_arm(arm: Arm, pairs, n_train: int, seconds: float, test) -> dict:
     def step(model, optimizer, scheduler, idx):
         x, texts = train.batch(idx, arm.size)
         tok = model.tokenize(texts)
-        loss, _ = model.loss(model(x, tok["input_ids"], tok["attention_mask"]), gather=False)
+        loss = model.loss(model(x, tok["input_ids"], tok["attention_mask"]), gather=False)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -52,7 +52,7 @@ def plain_loop(cfg, sources, plan, init_dir: Path, epochs: int) -> dict:
         for idx in epoch_batches(len(cache), cfg.batch_size, steps, cfg.seed, epoch):
             images, texts = cache.batch(idx, model.image_size)
             tok = model.tokenize(texts)
-            loss, _ = model.loss(model(images, tok["input_ids"], tok["attention_mask"]), gather=False)
+            loss = model.loss(model(images, tok["input_ids"], tok["attention_mask"]), gather=False)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

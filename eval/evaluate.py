@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from engine.core.errors import UserError
 from eval.datasets import build_dataset, check_task
 from eval.datasets.base import EvalSet
@@ -19,23 +17,10 @@ from eval.loading import load_rows, row_class
 from train.frame import to_input
 
 TASKS = ("zero-shot", "grounding", "linear-probe", "segmentation")
-MODEL_FILE = "syncxr_model.json"
-
-
-def model_dir(checkpoint: str | Path) -> Path:
-    """RUN -> RUN/model when it holds a saved model; else the path itself."""
-    p = Path(checkpoint).expanduser()
-    if (p / "model" / MODEL_FILE).is_file():
-        return p / "model"
-    if (p / MODEL_FILE).is_file():
-        return p
-    if not p.exists():
-        raise UserError(f"--checkpoint {p}: not found")
-    raise UserError(f"--checkpoint {p}: neither a run directory with model/ nor a saved model ({MODEL_FILE} missing)")
 
 
 def load_checkpoint(checkpoint, expect_model: Optional[str] = None):
-    from train.models import load_model
+    from train.models import load_model, model_dir
 
     return load_model(model_dir(checkpoint), expect_name=expect_model)
 

@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from pydantic import Field
 
-from engine.core.config import Section, deep_merge, find_config_file, load_yaml_model
+from engine.core.config import Section, beside, deep_merge, load_yaml_model
 from engine.core.errors import UserError
 from engine.core.files import save_figure, write_json, write_text
 from engine.dataset import open_dataset, report_text
@@ -59,9 +59,8 @@ class ExperimentConfig(Section):
 
 def load_experiment_config(path) -> tuple[ExperimentConfig, Path]:
     cfg, found = load_yaml_model(path, ExperimentConfig, "experiment config")
-    base = Path(found).resolve().parent
-    cfg.synth_config = str(find_config_file(base / cfg.synth_config))
-    cfg.train_config = str(find_config_file(base / cfg.train_config))
+    cfg.synth_config = str(beside(found, cfg.synth_config))
+    cfg.train_config = str(beside(found, cfg.train_config))
     return cfg, found
 
 

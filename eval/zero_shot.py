@@ -86,23 +86,15 @@ def summarise(labels: np.ndarray, scores: np.ndarray, classes: list[str]) -> dic
             "per_class": per_class, "skipped": skipped, "n": int(len(labels))}
 
 
-def zero_shot_auc(model, images, labels: np.ndarray, classes: list[str],
-                  prompts: Optional[dict[str, list[str]]] = None, batch_size: int = 64) -> dict:
-    """Validation metric for the training loop: class-prompt scores, AUC per class and the mean.
-    images: preprocessed [N,1,S,S]; labels: [N,C] 0/1. A class with no positives or no negatives
-    is listed in "skipped" and left out of the mean."""
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or labels.shape[1] != len(classes) or labels.shape[0] != len(images):
-        raise ValueError(f"labels must be [N={len(images)}, C={len(classes)}], got {list(labels.shape)}")
-    scores = class_scores(model, images, classes, prompts, batch_size)
-    return summarise(labels, scores, classes)
-
-
 def zero_shot_classification(model, images, labels: np.ndarray, classes: list[str], kind: str,
                              prompts: Optional[dict] = None, batch_size: int = 64) -> dict:
     """Full zero-shot result of one model on one set: per-class AUC/F1/accuracy, their means and,
-    for a multi-class set, argmax accuracy; the scores come back for ROC plots."""
+    for a multi-class set, argmax accuracy; the scores come back for ROC plots. images: model
+    inputs [N,1,S,S]; labels: [N,C] 0/1. A class with no positives or no negatives is listed in
+    "skipped" and left out of the means."""
     labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[1] != len(classes) or labels.shape[0] != len(images):
+        raise ValueError(f"labels must be [N={len(images)}, C={len(classes)}], got {list(labels.shape)}")
     if kind == "multiclass":
         scores = class_scores(model, images, classes, prompts, batch_size)
         out = summarise(labels, scores, classes)

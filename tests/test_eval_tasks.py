@@ -17,7 +17,7 @@ from train.frame import to_input
 from eval.linear_probe import linear_probe, pooled_features, subset_indices
 from eval.loading import load_rows, row_class
 from eval.segmentation import build_unet, train_segmentation
-from eval.zero_shot import zero_shot_auc, zero_shot_classification
+from eval.zero_shot import zero_shot_classification
 
 CORPUS = ["small left pleural effusion", "mild cardiomegaly", "no pulmonary edema", "bibasilar atelectasis",
           "right lower lobe consolidation", "no pneumothorax"] * 4
@@ -65,11 +65,10 @@ def test_zero_shot_known_answer_on_the_fixture_model():
     x[3:] -= np.array([0.9, 0.7, 0.8])[:, None, None, None]
     labels = np.array([[1, 0]] * 3 + [[0, 1]] * 3)
     prompts = {"bright": ["bright lung"], "dark": ["dark lung"]}
-    r = zero_shot_auc(BrightnessModel(), x, labels, ["bright", "dark"], prompts, batch_size=4)
+    r = zero_shot_classification(BrightnessModel(), x, labels, ["bright", "dark"], "multiclass", prompts, batch_size=4)
     assert r["mean_auc"] == 1.0 and r["per_class"]["dark"]["auc"] == 1.0 and r["skipped"] == []
-    full = zero_shot_classification(BrightnessModel(), x, labels, ["bright", "dark"], "multiclass", prompts)
-    assert full["multiclass_accuracy"] == 1.0 and full["per_class"]["bright"]["f1"] == 1.0
-    flipped = zero_shot_auc(BrightnessModel(), x, labels[:, ::-1], ["bright", "dark"], prompts)
+    assert r["multiclass_accuracy"] == 1.0 and r["per_class"]["bright"]["f1"] == 1.0
+    flipped = zero_shot_classification(BrightnessModel(), x, labels[:, ::-1], ["bright", "dark"], "multiclass", prompts)
     assert flipped["mean_auc"] == 0.0
 
 
@@ -78,13 +77,13 @@ def test_zero_shot_auc_on_random_models_is_finite_and_skips(models, phantom):
     rows, x, _ = data["test"]
     labels = np.c_[ds.labels(rows), np.zeros(len(rows), int)]  # a sixth class with no positives
     for method, model in models.items():
-        r = zero_shot_auc(model, x, labels, ds.classes + ["Pneumothorax"], batch_size=4)
+        r = zero_shot_classification(model, x, labels, ds.classes + ["Pneumothorax"], "multiclass", batch_size=4)
         assert r["skipped"] == ["Pneumothorax"] and set(r["per_class"]) == set(ds.classes)
         aucs = [v["auc"] for v in r["per_class"].values()]
         assert all(0.0 <= a <= 1.0 for a in aucs), method
         assert r["mean_auc"] == pytest.approx(np.mean(aucs))
     with pytest.raises(ValueError, match="labels must be"):
-        zero_shot_auc(models["convirt"], x, labels[:, :2], ds.classes)
+        zero_shot_classification(models["convirt"], x, labels[:, :2], ds.classes, "multiclass")
 
 
 def test_linear_probe_learns_an_easy_task():

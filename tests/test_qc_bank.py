@@ -13,7 +13,7 @@ from actors.testing.degrade import clean_phantoms, degrade
 from engine.core.config import IndexConfig, load_config
 from engine.core.errors import UserError
 from engine.images.pipeline import encode_png
-from engine.qc.stages import (EmbedStage, JudgeStage, PrivacyFilterStage, ReferenceFilterStage, dedup_table, embed_verdict,
+from engine.qc.stages import (EmbedStage, JudgeStage, ReferenceFilterStage, dedup_table, embed_verdict,
                        judge_verdict, load_bank, privacy_reference, read_images_local, reference_verdict,
                        save_bank)
 
@@ -151,18 +151,6 @@ def test_reference_filter_stage(phantoms, tmp_path):
     assert reasons[1].startswith("reference: cosine 1.000 > 0.9 to problematic image blank-")
 
 
-def test_privacy_filter_stage(phantoms, tmp_path):
-    real = EmbedStage("pixels")(image_batch(phantoms[:4]))["embedding"]
-    save_bank(tmp_path / "real", real, [{"id": f"train-{i}", "flags": []} for i in range(4)], PIXELS, IndexConfig())
-    stage = PrivacyFilterStage(str(tmp_path / "real"), 0.97, IndexConfig().model_dump(), PIXELS)
-    noisy = np.clip(phantoms[2] + np.random.default_rng(0).normal(0, 5, phantoms[2].shape), 0, 255).astype(np.uint8)
-    out = stage(EmbedStage("pixels")(image_batch([noisy, phantoms[6]])))
-    assert out["privacy_reject"].tolist() == [True, False]
-    assert out["privacy_match"][0] == "train-2"
-    ok, reasons = reference_verdict(0.97, "privacy")(out)
-    assert reasons[0].startswith("privacy: cosine") and reasons[0].endswith("to real training image train-2")
-
-
 def test_image_source_errors(tmp_path):
     with pytest.raises(UserError, match="image source not found"):
         read_images_local(tmp_path / "nope")
@@ -251,7 +239,7 @@ def test_dedup_kept_set_does_not_depend_on_batch_order(ray_session, phantoms):
     import ray
 
     from engine.core.config import StageBackend, StageResources
-    from engine.qc.stages import collect_embeddings, embed_dataset
+    from engine.qc.stages import embed_dataset
 
     rng = np.random.default_rng(0)
     rows = [{"sample_id": f"p{i:02d}", "image": {"bytes": encode_png(im), "path": None}}
@@ -266,7 +254,8 @@ def test_dedup_kept_set_does_not_depend_on_batch_order(ray_session, phantoms):
     for seed, batch_size in [(1, 2), (2, 5), (3, 64)]:
         ds = ray.data.from_items(rows).random_shuffle(seed=seed)
         section = StageBackend(backend="pixels", resources=StageResources(batch_size=batch_size))
-        ids, emb = collect_embeddings(embed_dataset(ds, section))
+        got = embed_dataset(ds, section).select_columns(["sample_id", "embedding"]).to_pandas()
+        ids, emb = got["sample_id"].tolist(), np.stack(got["embedding"].to_numpy()).astype(np.float32)
         table = dedup_table(ids, emb, cfg)
         kept_sets.append({s for s, k in zip(table.column("sample_id").to_pylist(), table.column("kept").to_pylist()) if k})
     assert kept_sets[0] == kept_sets[1] == kept_sets[2]

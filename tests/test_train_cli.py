@@ -135,4 +135,19 @@ def test_train_commands_are_listed_with_their_outputs(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--help"])
     out = capsys.readouterr().out
-    assert "metrics.jsonl" in out and "Exit codes" in out and "--synthetic" in out
+    assert "metrics.jsonl" in out and "--synthetic" in out
+    assert "checkpoint.\n\noptions:" in out  # the description's paragraphs are kept apart
+
+
+def test_every_command_lists_the_exit_codes_it_has():
+    import argparse
+    import re
+
+    from engine.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    codes = {name: [int(c) for c in re.findall(r"^  (\d+) ", cmd.epilog, re.M)] for name, cmd in sub.choices.items()}
+    assert all(c[:2] == [0, 2] and c[-1] == 130 for c in codes.values()), codes
+    # the commands with an exit of their own (their code returns 3)
+    assert {name for name, c in codes.items() if 3 in c} == {"synth", "train", "tune"}
+    assert not [name for name, cmd in sub.choices.items() if "exit code" in (cmd.description or "").lower()]

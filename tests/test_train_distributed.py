@@ -39,7 +39,7 @@ def _model(path):
 
 def _loss_and_grads(model, images, texts):
     tok = model.tokenize(texts)
-    loss, _ = model.loss(model(images, tok["input_ids"], tok["attention_mask"]))
+    loss = model.loss(model(images, tok["input_ids"], tok["attention_mask"]))
     model.zero_grad()
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -19,7 +19,8 @@ def test_convirt_loss_hand_2x2():
     # cosines [[1, .6], [0, .8]]; / 0.5 -> logits [[2, 1.2], [0, 1.6]]
     l_i2t = (_log1p_exp(1.2 - 2.0) + _log1p_exp(0.0 - 1.6)) / 2
     l_t2i = (_log1p_exp(0.0 - 2.0) + _log1p_exp(1.2 - 1.6)) / 2
-    loss, logs = losses.convirt_loss(v, u, temperature=0.5, lambda_i2t=0.75)
+    loss, terms = losses.convirt_loss(v, u, temperature=0.5, lambda_i2t=0.75)
+    logs = {k: float(t) for k, t in terms.items()}
     assert loss.item() == pytest.approx(0.75 * l_i2t + 0.25 * l_t2i, abs=1e-12)
     assert logs["loss_i2t"] == pytest.approx(l_i2t) and logs["loss_t2i"] == pytest.approx(l_t2i)
     # lambda weighs the image-to-text direction
@@ -92,8 +93,9 @@ def test_gloria_loss_is_weighted_sum_of_both_directions():
     local = torch.randn(b, d, 2, 2, dtype=torch.float64)
     words = torch.randn(b, 5, d, dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
-    loss, logs = losses.gloria_loss(img_g, txt_g, local, words, mask, 4.0, 5.0, 10.0,
-                                    global_weight=1.0, local_weight=0.5)
+    loss, terms = losses.gloria_loss(img_g, txt_g, local, words, mask, 4.0, 5.0, 10.0,
+                                     global_weight=1.0, local_weight=0.5)
+    logs = {k: float(t) for k, t in terms.items()}
     cos = torch.nn.functional.cosine_similarity(img_g[:, None], txt_g[None], dim=-1)
     g = 10.0 * cos
     g_i2t = sum(-torch.log_softmax(g[i], 0)[i] for i in range(b)) / b

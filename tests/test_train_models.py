@@ -215,7 +215,7 @@ def test_transformers_encoders_from_directories(tmp_path):
     images, ids, mask = _batch(model, ["left pleural effusion", "cardiomegaly"])
     feats = model(images, ids, mask)
     assert feats["image_local"].shape == (2, 32, 4, 4)
-    loss, _ = model.loss(feats)
+    loss = model.loss(feats)
     loss.backward()
     # every trainable parameter takes part (DDP requires it): the ViT's pooler is not built
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
@@ -263,10 +263,21 @@ def test_a_few_adam_steps_reduce_the_loss(name):
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     history = []
     for _ in range(12):
-        loss, logs = model.loss(model(images, tok["input_ids"], tok["attention_mask"]))
+        loss = model.loss(model(images, tok["input_ids"], tok["attention_mask"]))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append(logs["loss"])
+        history.append(loss.item())
     assert all(np.isfinite(history))
     assert np.mean(history[-3:]) < 0.8 * history[0], history
+
+
+def test_loss_terms_add_up_to_the_training_loss():
+    model = tiny("convirt-resnet18-smallbert").eval()
+    images, texts = _structured_pairs(4, model.image_size)
+    tok = model.tokenize(texts)
+    feats = model(images, tok["input_ids"], tok["attention_mask"])
+    terms = model.loss_terms(feats)
+    lam = model.config["loss"]["lambda_i2t"]
+    assert terms["loss"] == pytest.approx(float(model.loss(feats)), abs=1e-6)
+    assert terms["loss"] == pytest.approx(lam * terms["loss_i2t"] + (1 - lam) * terms["loss_t2i"], abs=1e-6)

@@ -1,8 +1,8 @@
 """Schemas of the training (`syncxr train`) and sweep (`syncxr tune`) configs.
 
 Both read YAML through `engine.core.config.load_yaml_model`, so a bad field is one line naming the
-file and the dotted field. The `scaling` section's key names are read as-is by the cluster check
-helper: keep them.
+file and the dotted field. The `scaling` section's schema lives in engine.core.config, where the
+cluster check reads it too.
 """
 from __future__ import annotations
 
@@ -10,25 +10,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.core.config import Section, deep_merge, load_yaml_model
+from engine.core.config import RaySection, ScalingSection, Section, deep_merge, load_yaml_model
 from engine.core.errors import ConfigError
-
-
-class ScalingSection(Section):
-    """Ray Train workers; each runs torch on cpus_per_worker threads (rounded, at least one)."""
-
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
-    accelerator_type: Optional[str] = None
-    resources: dict[str, float] = Field(default_factory=dict)  # extra custom resources per worker
-
-    def per_worker(self) -> dict[str, float]:
-        res = {"CPU": self.cpus_per_worker, **self.resources}
-        if self.use_gpu:
-            res["GPU"] = self.gpus_per_worker or 1.0
-        return res
 
 
 class ModelSection(Section):
@@ -114,11 +97,6 @@ class CheckpointSection(Section):
     num_to_keep: int = Field(2, ge=1)
 
 
-class EngineSection(Section):
-    address: Optional[str] = None  # Ray address; None: RAY_ADDRESS or an embedded local Ray
-    num_cpus: Optional[int] = None  # embedded Ray only
-
-
 class TrainConfig(Section):
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -126,7 +104,7 @@ class TrainConfig(Section):
     optim: OptimSection = Field(default_factory=OptimSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     scaling: ScalingSection = Field(default_factory=ScalingSection)
-    engine: EngineSection = Field(default_factory=EngineSection)
+    engine: RaySection = Field(default_factory=RaySection)
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=2)  # per worker (contrastive: the negatives of one step)
     log_every_steps: int = Field(0, ge=0)  # progress line every N steps; 0: once per epoch

@@ -49,10 +49,7 @@ def check_resources(cfg: TrainConfig, cluster: dict, reserved_cpus: float = 0.0)
 def scaling_config(s):
     from ray.train import ScalingConfig
 
-    resources = {"CPU": s.cpus_per_worker, **s.resources}
-    if s.use_gpu:
-        resources["GPU"] = s.gpus_per_worker or 1.0
-    return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=s.per_worker(),
                          accelerator_type=s.accelerator_type)
 
 

@@ -127,7 +127,7 @@ def validate(model, val_cache, vcfg, device, autocast) -> dict:
         ids, mask, _ = _tokenize(model, texts, device)
         with autocast():
             features = model(images, ids, mask)
-            loss, _ = model.loss(features, gather=False)
+            loss = model.loss(features, gather=False)
             img_emb.append(model.embed_image(images).float().cpu().numpy())
             txt_emb.append(model.embed_text(ids, mask).float().cpu().numpy())
         losses.append(float(loss))
@@ -226,7 +226,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             truncated += n_trunc
             with autocast():
                 features = ddp(images, ids, mask)
-                loss, _ = core.loss(features, gather=world > 1)
+                loss = core.loss(features, gather=world > 1)
             finite = _all_sum([float(not torch.isfinite(loss.detach()).item())], world)[0] == 0
             if not finite:
                 bad_step = step + 1

@@ -16,14 +16,14 @@ def bidirectional_ce(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def convirt_loss(image_embed: torch.Tensor, text_embed: torch.Tensor, temperature: float,
-                 lambda_i2t: float) -> tuple[torch.Tensor, dict[str, float]]:
+                 lambda_i2t: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ConVIRT: lambda * l(v->u) + (1 - lambda) * l(u->v), InfoNCE on cosine / temperature.
     Inputs need not be normalised; they are L2-normalised here."""
     v = F.normalize(image_embed, dim=-1)
     u = F.normalize(text_embed, dim=-1)
     l_i2t, l_t2i = bidirectional_ce(v @ u.t() / temperature)
     loss = lambda_i2t * l_i2t + (1.0 - lambda_i2t) * l_t2i
-    return loss, {"loss": loss.item(), "loss_i2t": l_i2t.item(), "loss_t2i": l_t2i.item()}
+    return loss, {"loss_i2t": l_i2t.detach(), "loss_t2i": l_t2i.detach()}
 
 
 def word_region_attention(words: torch.Tensor, regions: torch.Tensor, temp_attention: float,
@@ -75,7 +75,7 @@ def gloria_loss(image_global: torch.Tensor, text_global: torch.Tensor, image_loc
                 words: torch.Tensor, word_mask: torch.Tensor, temp_attention: float,
                 temp_aggregation: float, temp_logits: float, global_weight: float = 1.0,
                 local_weight: float = 1.0, word_softmax: bool = True
-                ) -> tuple[torch.Tensor, dict[str, float]]:
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GLoRIA: global_weight * (g_i2t + g_t2i) + local_weight * (l_i2t + l_t2i); both directions are
     summed as in the released code. Global logits: temp_logits * cosine; local logits:
     temp_logits * Z from `local_similarity`."""
@@ -86,7 +86,6 @@ def gloria_loss(image_global: torch.Tensor, text_global: torch.Tensor, image_loc
     loss_global = g_i2t + g_t2i
     loss_local = l_i2t + l_t2i
     loss = global_weight * loss_global + local_weight * loss_local
-    return loss, {"loss": loss.item(), "loss_global": loss_global.item(),
-                  "loss_local": loss_local.item(), "loss_global_i2t": g_i2t.item(),
-                  "loss_global_t2i": g_t2i.item(), "loss_local_i2t": l_i2t.item(),
-                  "loss_local_t2i": l_t2i.item()}
+    terms = {"loss_global": loss_global, "loss_local": loss_local, "loss_global_i2t": g_i2t,
+             "loss_global_t2i": g_t2i, "loss_local_i2t": l_i2t, "loss_local_t2i": l_t2i}
+    return loss, {k: v.detach() for k, v in terms.items()}

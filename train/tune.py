@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from engine.core.config import deep_merge
+from engine.core.config import beside, deep_merge
 from engine.core.errors import ConfigError
 from train.config import TrainConfig, TuneConfig, load_train_config
 from train.data.mixing import max_total
@@ -75,9 +75,7 @@ def load_tune_config(path) -> tuple[TuneConfig, TrainConfig, Path]:
     base_dir = Path(found).resolve().parent
     base: dict = {}
     if tcfg.train_config:
-        train_path = Path(tcfg.train_config)
-        train_path = train_path if train_path.is_absolute() or train_path.exists() else base_dir / train_path
-        cfg, train_found = load_train_config(train_path)
+        cfg, train_found = load_train_config(beside(found, tcfg.train_config))
         base = cfg.model_dump()
         for key in ("synthetic", "real"):
             base["data"][key] = resolve_path(base["data"][key], Path(train_found).resolve().parent)

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         codes = {0: "success", 2: "bad input or a failed check: one line on stderr naming the file, field or row",
                  **getattr(command, "exit_codes", {}), 130: "interrupted"}
         command.formatter_class = argparse.RawDescriptionHelpFormatter
-        command.description = textwrap.fill(command.description or "", 100)
+        paragraphs = (command.description or "").split("\n\n")  # filled one by one, kept apart
+        command.description = "\n\n".join(textwrap.fill(p, 100) for p in paragraphs if p.strip())
         command.epilog = "exit codes:\n" + "\n".join(f"  {k:<4} {v}" for k, v in sorted(codes.items()))
         if "--verbose" not in command._option_string_actions:
             command.add_argument("--verbose", action="store_true",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engine.cluster.placement import Request
-from engine.core.config import deep_merge
+from engine.core.config import ScalingSection, beside, deep_merge, validate_model
 from engine.core.errors import ConfigError
 from engine.core.yaml_file import read_yaml
 
@@ -134,24 +134,16 @@ def driver_request(entrypoint_resources: dict[str, float], entrypoint_num_cpus: 
 
 
 def scaling_request(scaling: dict, stage: str, where: str, trials: int = 1) -> Request:
-    """Ray Train workers from a `scaling` section (defaults as in train/config.py ScalingSection)."""
-    if not isinstance(scaling, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    bundle = {"CPU": float(scaling.get("cpus_per_worker", 1.0)),
-              **_custom_amounts(scaling.get("resources"), f"{where}.resources")}
-    if scaling.get("use_gpu", False):
-        bundle["GPU"] = float(scaling.get("gpus_per_worker") or 1.0)
-    bundle.update(accelerator_key(scaling.get("accelerator_type")))
-    workers = int(scaling.get("num_workers", 1))
-    return Request(stage, bundle, workers * trials, where + (f" x {trials} concurrent trials" if trials > 1 else ""))
+    """Ray Train workers from a `scaling` section, read by the schema `syncxr train` reads it with."""
+    s = validate_model(scaling, ScalingSection, where)
+    bundle = {**s.per_worker(), **accelerator_key(s.accelerator_type)}
+    return Request(stage, bundle, s.num_workers * trials, where + (f" x {trials} concurrent trials" if trials > 1 else ""))
 
 
 def tune_scaling(raw: dict, path: Path) -> dict:
     base: dict = {}
     if raw.get("train_config"):
-        train_path = Path(raw["train_config"])
-        train_path = train_path if train_path.is_absolute() else path.parent / train_path
-        base = read_yaml(train_path, "training config", ConfigError) or {}
+        base = read_yaml(beside(path, raw["train_config"]), "training config", ConfigError) or {}
     return deep_merge(base, raw.get("train") or {}).get("scaling") or {}
 
 

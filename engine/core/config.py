@@ -19,14 +19,28 @@ PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = PACKAGED_CONFIGS / "local.yaml"
 
 
+def _packaged(p: Path) -> Path | None:
+    parts = p.parts[1:] if p.parts and p.parts[0] == "configs" else p.parts
+    found = PACKAGED_CONFIGS.joinpath(*parts) if parts else None
+    return found if found is not None and found.is_file() else None
+
+
 def find_config_file(path: str | Path) -> Path:
     """`path` as given, else the packaged file of that name ("configs/local.yaml" works anywhere)."""
     p = Path(path).expanduser()
     if p.exists() or p.is_absolute():
         return p
-    parts = p.parts[1:] if p.parts and p.parts[0] == "configs" else p.parts
-    packaged = PACKAGED_CONFIGS.joinpath(*parts) if parts else None
-    return packaged if packaged is not None and packaged.is_file() else p
+    return _packaged(p) or p
+
+
+def beside(config_file: str | Path, named: str | Path) -> Path:
+    """A file a config names (a tune file's train_config, an experiment's synth_config): absolute as
+    given, else relative to the naming file's directory, else the packaged config of that name."""
+    p = Path(named).expanduser()
+    if p.is_absolute():
+        return p
+    local = Path(config_file).resolve().parent / p
+    return local if local.exists() else (_packaged(p) or local)
 
 
 class Section(BaseModel):
@@ -35,6 +49,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class ScalingSection(Section):
+    """Ray Train workers; each runs torch on cpus_per_worker threads (rounded, at least one)."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    accelerator_type: Optional[str] = None
+    resources: dict[str, float] = Field(default_factory=dict)  # extra custom resources per worker
+
+    def per_worker(self) -> dict[str, float]:
+        res = {"CPU": self.cpus_per_worker, **self.resources}
+        if self.use_gpu:
+            res["GPU"] = self.gpus_per_worker or 1.0
+        return res
 
 
 class StageResources(Section):
@@ -168,9 +197,14 @@ class QCConfig(Section):
     index: IndexConfig = Field(default_factory=IndexConfig)
 
 
-class EngineConfig(Section):
+class RaySection(Section):
+    """Where a command's Ray runs: the `engine` section of every config (synth, train, tune)."""
+
     address: Optional[str] = None  # Ray address; None: RAY_ADDRESS or an embedded local Ray
-    num_cpus: Optional[int] = None  # embedded Ray only
+    num_cpus: Optional[int] = Field(None, ge=1)  # embedded Ray only
+
+
+class EngineConfig(RaySection):
     max_rounds: int = Field(3, ge=1)
     max_error_fraction: float = Field(0.05, ge=0, le=1)
     # a retry round this small runs its CPU stages in the driver: actor start-up would cost more

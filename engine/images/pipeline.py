@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa

@@ -402,15 +402,6 @@ class ReferenceFilterStage:
         return {**batch, f"{p}_similarity": sims, f"{p}_match": object_column(match), f"{p}_reject": reject}
 
 
-class PrivacyFilterStage(ReferenceFilterStage):
-    """The same against a bank of the real training images (`syncxr qc-bank --keep all`)."""
-
-    prefix = "privacy"
-
-    def _filter(self, emb, ids):
-        return privacy_filter(emb, self.bank.index, self.threshold, None, ids=ids)
-
-
 def reference_verdict(threshold: float, prefix: str = "reference"):
     what = "problematic image" if prefix == "reference" else "real training image"
 
@@ -421,18 +412,6 @@ def reference_verdict(threshold: float, prefix: str = "reference"):
             reasons.append(f"{prefix}: cosine {float(sim):.3f} > {threshold} to {what} {match}" if rej else None)
         return np.array(ok, bool), reasons
     return verdict
-
-
-def collect_embeddings(ds) -> tuple[list[str], np.ndarray]:
-    """sample_id and embedding of the rows of a dataset that embedded without error."""
-    ids, vecs = [], []
-    for batch in ds.select_columns(["sample_id", "embedding", "embed_error"]).iter_batches(
-            batch_size=4096, batch_format="numpy"):
-        good = np.array([not e for e in batch["embed_error"]], bool)
-        ids.extend(str(s) for s in batch["sample_id"][good])
-        if good.any():
-            vecs.append(np.stack([np.asarray(v, np.float32) for v in batch["embedding"][good]]))
-    return ids, (np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32))
 
 
 def dedup_table(sample_ids: Sequence[str], embeddings: np.ndarray, qc_cfg):

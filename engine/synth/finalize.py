@@ -142,7 +142,7 @@ def _nan_to_null(values: pa.Array) -> pa.Array:
 
 
 def sample_table(rows: pa.Table, report_info: dict) -> pa.Table:
-    """Staged rows -> the published sample schema (DESIGN.md: attempts, qc and provenance as structs)."""
+    """Staged rows -> the published sample schema (attempts, qc and provenance as structs)."""
     n = rows.num_rows
     attempts = pa.StructArray.from_arrays(
         [_as(rows.column("attempt"), pa.int32()).combine_chunks(),

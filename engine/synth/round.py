@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine.core.errors import UserError
 from engine.core.files import write_table
@@ -268,8 +267,6 @@ def run_round_inline(cfg, stages: PreparedStages, pending: pa.Table, round_dir: 
 
 def build_round_dataset(ray, cfg, stages: PreparedStages, pending: pa.Table, round_dir: Path, prefix: str):
     """The lazy pipeline of one round over `pending` (nothing runs until it is iterated)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     from engine.qc.stages import JUDGES
     from engine.reports.pipeline import report_qc_resources
 

@@ -13,8 +13,8 @@ def register(sub) -> None:
         description="Writes FILE.csv: one row per image with its path relative to the dataset root (the "
                     "dataset's published layout), split, one 0/1 column per class, and boxes / masks where "
                     "the dataset has them. With --imgpath, checks that every image is there (public sets) "
-                    "or writes the phantom images and masks as PNG into it. Exit codes: 0 written, "
-                    f"2 user error (unknown dataset, images missing). Datasets: {names}.")
+                    f"or writes the phantom images and masks as PNG into it. Datasets: {names}.")
+    p.exit_codes = {0: "written", 2: "bad input (unknown dataset, images missing)"}
     p.add_argument("name", help="dataset name: " + ", ".join(DATASETS))
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--imgpath", default=None, help="dataset root to check (public) or to draw into (phantom)")

@@ -10,9 +10,9 @@ def register(sub) -> None:
         "eval", help="evaluate checkpoints: zero-shot, grounding, linear probe or segmentation",
         description="Writes DIR/results.json (every metric, per checkpoint and class), DIR/results.md (a "
                     "Markdown table, one row per checkpoint), ROC curves (zero-shot: roc_*.png) and grounding "
-                    "overlays (grounding_*.png). Exit codes: 0 done, 2 user error (checkpoint not a model or "
-                    "of another architecture than --expect-model, unknown dataset, task the dataset lacks, "
-                    "images missing under --imgpath).")
+                    "overlays (grounding_*.png).")
+    p.exit_codes = {2: "bad input (checkpoint not a model or of another architecture than --expect-model, "
+                       "unknown dataset, task the dataset lacks, images missing under --imgpath)"}
     p.add_argument("--checkpoint", nargs="+", required=True,
                    help="one or more training runs (RUN/model is used) or saved model directories")
     p.add_argument("--dataset", required=True, help="dataset name: " + ", ".join(DATASETS))

@@ -1,7 +1,6 @@
 """`syncxr embed`: image and text embeddings of a dataset under a trained model."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -10,31 +9,17 @@ directory (its model/) or a saved model directory; --data a `syncxr synth` datas
 table:PATH / mimic:ROOT / openi:PNGDIR. Text is the whole report (FINDINGS + IMPRESSION).
 
 Output: a Parquet file with sample_id, image_embedding, text_embedding (float32 lists,
-L2-normalised). Images that do not decode are left out and counted.
-
-Exit codes: 0 done; 2 bad input."""
+L2-normalised). Images that do not decode are left out and counted."""
 
 
 def register(sub) -> None:
     p = sub.add_parser("embed", help="image/text embeddings of a dataset under a trained model",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION)
     p.add_argument("--checkpoint", required=True, help="a `syncxr train` run directory or a saved model directory")
     p.add_argument("--data", required=True, help="a `syncxr synth` dataset directory, or table:/mimic:/openi: SPEC")
     p.add_argument("--out", required=True, help="output Parquet file")
     p.add_argument("--batch-size", type=int, default=64, help="pairs per forward pass (default 64)")
     p.set_defaults(func=run)
-
-
-def model_dir_of(path: str | Path) -> Path:
-    """RUN/model for a training run directory, else the directory itself."""
-    from engine.core.errors import UserError
-
-    path = Path(path)
-    if (path / "model").is_dir():
-        return path / "model"
-    if path.is_dir():
-        return path
-    raise UserError(f"--checkpoint {path}: no such run or model directory")
 
 
 def embed_source(model, source, batch_size: int = 64):
@@ -71,14 +56,14 @@ def run(args) -> int:
     import pyarrow.parquet as pq
 
     from engine.core.errors import UserError
-    from train.data.sources import real_source, synthetic_source
-    from train.models import load_model
+    from train.data.sources import REAL_KINDS, real_source, synthetic_source
+    from train.models import load_model, model_dir
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    model = load_model(model_dir_of(args.checkpoint))
+    model = load_model(model_dir(args.checkpoint))
     kind = args.data.partition(":")[0]
-    source = real_source(args.data) if kind in ("table", "mimic", "openi") and ":" in args.data else synthetic_source(args.data)
+    source = real_source(args.data) if kind in REAL_KINDS and ":" in args.data else synthetic_source(args.data)
     ids, image_emb, text_emb, skipped = embed_source(model, source, args.batch_size)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,20 +11,20 @@ or both, mixed as data.mix in the config says.
 Outputs in RUN: metrics.jsonl (one record per epoch: losses, held-out recall@1/5/10 both ways,
 skipped images, truncated reports), metrics.png, model/ (final model, for `syncxr embed` and
 evaluation), split.json (training and validation ids), model_init/, ray/ (checkpoints), run.json.
-Rerun the same command to resume from the latest checkpoint.
-
-Exit codes: 0 done; 2 bad input (config, data, resources); 3 stopped on a non-finite loss."""
+Rerun the same command to resume from the latest checkpoint."""
+EXIT_CODES = {2: "bad input (config, data, resources)",
+              3: "stopped on a non-finite loss (the last good checkpoint is kept)"}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="pretrain ConVIRT/GLoRIA with Ray Train (resumable)", description=DESCRIPTION,
-                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p = sub.add_parser("train", help="pretrain ConVIRT/GLoRIA with Ray Train (resumable)", description=DESCRIPTION)
     p.add_argument("--config", default="configs/train-local.yaml", help="training YAML (default: configs/train-local.yaml)")
     p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("--synthetic", default=None, help="a `syncxr synth` dataset directory (overrides data.synthetic)")
     p.add_argument("--real", default=None, help="real pairs: table:PATH, mimic:ROOT or openi:PNGDIR (overrides data.real)")
     p.add_argument("--address", default=None, help="Ray address of an existing cluster (default: an embedded Ray)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs and progress bars")
+    p.exit_codes = EXIT_CODES
     p.set_defaults(func=run)
 
 

@@ -1,7 +1,6 @@
 """`syncxr tune`: Ray Tune over the synthetic:real ratio and the learning rate (train/tune.py)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -12,20 +11,19 @@ stops weak trials on validation.metric.
 
 Outputs in DIR: results.csv and results.md (one row per trial: ratio, lr, epochs done, stopped
 early, best and last metric), ratio.png (metric against ratio), trials/<name>/ (each trial's run
-directory, as `syncxr train` writes it), ray/ (Tune state).
-
-Exit codes: 0 done (every trial finished or was stopped by ASHA); 2 bad input; 3 a trial failed."""
+directory, as `syncxr train` writes it), ray/ (Tune state)."""
+EXIT_CODES = {0: "done: every trial finished or was stopped by ASHA", 3: "a trial failed (its error is in results.md)"}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("tune", help="Ray Tune over synthetic:real ratio and lr (ASHA)", description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("tune", help="Ray Tune over synthetic:real ratio and lr (ASHA)", description=DESCRIPTION)
     p.add_argument("--config", default="configs/tune-local.yaml", help="tune YAML (default: configs/tune-local.yaml)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--synthetic", default=None, help="a `syncxr synth` dataset directory (overrides the config)")
     p.add_argument("--real", default=None, help="real pairs: table:PATH, mimic:ROOT or openi:PNGDIR (overrides the config)")
     p.add_argument("--address", default=None, help="Ray address of an existing cluster (default: an embedded Ray)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output")
+    p.exit_codes = EXIT_CODES
     p.set_defaults(func=run)
 
 

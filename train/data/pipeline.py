@@ -13,7 +13,7 @@ from typing import Optional
 from engine.core.errors import ConfigError
 from train.data.mixing import choose_mix, seeded_sample, split_validation
 from train.data.preprocess import decode_batch
-from train.data.sources import Source, real_source, synthetic_source
+from train.data.sources import REAL_KINDS, Source, real_source, synthetic_source
 
 
 @dataclass
@@ -125,7 +125,7 @@ def resolve_path(value: Optional[str], base: Optional[Path]) -> Optional[str]:
     if value is None or base is None:
         return value
     kind, sep, rest = value.partition(":")
-    if sep and kind in ("table", "mimic", "openi"):
+    if sep and kind in REAL_KINDS:
         return f"{kind}:{resolve_path(rest, base)}"
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else base / p)

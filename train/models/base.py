@@ -77,13 +77,19 @@ class ContrastiveModel(nn.Module):
         raise NotImplementedError
 
     # ---- shared API ----------------------------------------------------------------------------
-    def loss(self, features: dict, gather: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, features: dict, gather: bool = True) -> torch.Tensor:
         """The method's loss over the global batch: with gather and world_size > 1, features of
         every rank are concatenated (gradients flow back to each rank's slice)."""
         if gather and distributed.world_size() > 1:
             features = {k: (distributed.all_gather_padded(v) if k in self.NO_GRAD_KEYS
                             else distributed.all_gather_with_grad(v)) for k, v in features.items()}
-        return self.compute_loss(features)
+        return self.compute_loss(features)[0]
+
+    def loss_terms(self, features: dict) -> dict[str, float]:
+        """The loss and its parts (directions, global/local) as numbers, this rank only: for
+        diagnostics; the training step uses `loss` and never waits on these."""
+        loss, terms = self.compute_loss(features)
+        return {"loss": float(loss), **{k: float(v) for k, v in terms.items()}}
 
     def embed_image(self, images) -> torch.Tensor:
         return F.normalize(self.encode_image(images)["image_global"], dim=-1)

@@ -24,6 +24,19 @@ def create_model(name: str, text_corpus: Iterable[str] | None = None, tokenizer_
     return CLASSES[config["method"]](name, config, text_corpus=text_corpus, tokenizer_dir=tokenizer_dir)
 
 
+def model_dir(path: str | Path, flag: str = "--checkpoint") -> Path:
+    """The saved model a user points at: a `syncxr train` run directory (its model/) or the model
+    directory itself."""
+    p = Path(path).expanduser()
+    if (p / "model" / MODEL_FILE).is_file():
+        return p / "model"
+    if (p / MODEL_FILE).is_file():
+        return p
+    if not p.exists():
+        raise UserError(f"{flag} {p}: not found")
+    raise UserError(f"{flag} {p}: neither a run directory with model/ nor a saved model ({MODEL_FILE} missing)")
+
+
 def load_model(path, expect_name: str | None = None) -> ContrastiveModel:
     """A model saved by `save_pretrained`; with expect_name, a directory of another model is refused."""
     path = Path(path)
@@ -46,6 +59,11 @@ def load_model(path, expect_name: str | None = None) -> ContrastiveModel:
         state = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: no {WEIGHTS_FILE}") from None
+    except Exception as exc:  # truncated, random bytes, a pickle of something else: torch's own words mislead
+        raise UserError(f"{path / WEIGHTS_FILE}: not a readable weights file (truncated or not saved by syncxr: "
+                        f"{type(exc).__name__})") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{path / WEIGHTS_FILE}: not a state dict of tensors")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # same keys, other shapes

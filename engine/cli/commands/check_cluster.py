@@ -15,8 +15,8 @@ def register(sub) -> None:
                     "run Ray with token authentication and install pinned versions; (3) every stage of each "
                     "--config (synth, train or tune) asks for resources some node type has: GPUs, accelerator "
                     "type, custom resources, tensor-parallel GPUs on one node, enough nodes for the minimum "
-                    "pools. Output: a table of where each stage can run. Exit codes: 0 all fit, 2 a problem "
-                    "(one line each, naming the file, the stage and the resource).")
+                    "pools. Output: a table of where each stage can run.")
+    p.exit_codes = {0: "every stage fits", 2: "a problem (one line each, naming the file, the stage and the resource)"}
     p.add_argument("--cluster", default="cluster.yaml", help="Ray cluster-launcher YAML (default: cluster.yaml)")
     p.add_argument("--config", action="append", default=[],
                    help="run config to place (repeatable): configs/syncxr-200k.yaml, a train-*.yaml, a tune-*.yaml")

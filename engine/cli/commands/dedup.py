@@ -21,7 +21,7 @@ def register(sub) -> None:
                     "--threshold is a duplicate of the most similar such row. Pairs come from exact search up "
                     "to qc.index.exact_max rows, cluster-then-compare above it (--method overrides). "
                     "Outputs: DIR/dedup/part-*.parquet (sample_id, kept, duplicate_of, similarity) and "
-                    "DIR/summary.json; prints a summary line. Exit codes: 0 done, 2 bad input or arguments.",
+                    "DIR/summary.json; prints a summary line.",
         out_help="output directory (DIR)")
     p.add_argument("--embeddings", required=True,
                    help="a parquet file (or directory of them) with `sample_id` and `embedding` (list of floats)")

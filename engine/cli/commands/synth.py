@@ -1,8 +1,6 @@
 """`syncxr synth`: a plan in, a finished quality-controlled dataset out (engine/synth/run.py)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from engine.core.config import load_config
 
 
