@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m engine.cli.demo --config configs/local.yaml --out $(OUT)
+	$(BIN)/python -m workflows.demo --config configs/local.yaml --out $(OUT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,7 +1,7 @@
 """`rules` quality judge (CPU default, no weights): a few image statistics, each with a limit.
 
 Each rule targets one kind of problem the image stage or an archive can produce (the kinds of
-actors/testing/degrade.py). Geometry is read in the canonical frontal frame: two dark lung bands either
+actors/degrade.py). Geometry is read in the canonical frontal frame: two dark lung bands either
 side of a bright mediastinum, patient centred, air above the shoulders.
 
 - blank: almost no grey-level spread.

@@ -1,7 +1,7 @@
 """The `rules` quality judge against the labelled degradations.
 
 Clean images are phantoms (actors.phantom, 0-3 random findings each: pathology is not a quality
-problem). Each clean image is degraded once per kind (actors.testing.degrade). The judge's limits were
+problem). Each clean image is degraded once per kind (actors.degrade). The judge's limits were
 set on calibration seeds (1 and 2, the ones looked at while designing the rules); the evaluation
 here uses a different phantom seed and different degradation seeds.
 
@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from benchmarks import write_results
-from actors.testing.degrade import DEGRADATIONS, clean_phantoms, degrade
+from actors.degrade import DEGRADATIONS, clean_phantoms, degrade
 from actors.judge_rules import features, judge_features
 
 RESULTS = Path(__file__).parent / "results" / "judge.md"

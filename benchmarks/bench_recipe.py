@@ -3,7 +3,7 @@ rate, batch size and schedule, one factor at a time around a reference arm.
 
 Every arm: the same 2,000 engine pairs (1,800 train, 200 held out), the same seconds of training
 on this machine's two cores (torch on 2 threads), the same model seed, a plain PyTorch loop over
-frames decoded once (the library's own pieces: train/frame.py, train/data/cache.py,
+frames decoded once (the library's own pieces: train/models/frame.py, train/data/cache.py,
 train/loop.py's optimizer and schedule; no Ray, so the recipe is measured, not the runtime).
 The budget is counted in this process's CPU time (2 cores x the seconds), so other work on the
 machine takes wall time, not steps, from an arm; pairs/s is per second of two cores. The cosine
@@ -119,7 +119,7 @@ def recall_both_ways(model, val, image_size: int) -> tuple[float, float]:
 
 def zero_shot(model, test_images, labels, classes, image_size: int, resize_to: int) -> dict:
     from eval.zero_shot import zero_shot_classification
-    from train.frame import frame, to_input
+    from train.models.frame import frame, to_input
 
     x = to_input(np.stack([frame(img, image_size, resize_to) for img in test_images]))
     return zero_shot_classification(model, x, labels, classes, "multiclass", batch_size=100)

@@ -14,7 +14,7 @@ from engine.core.errors import UserError
 from eval.datasets import build_dataset, check_task
 from eval.datasets.base import EvalSet
 from eval.loading import load_rows, row_class
-from train.frame import to_input
+from train.models.frame import to_input
 
 TASKS = ("zero-shot", "grounding", "linear-probe", "segmentation")
 

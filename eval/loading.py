@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from eval.datasets.base import EvalSet, image_paths, json_list
-from train.frame import decode, frame
+from train.models.frame import decode, frame
 from eval.rle import decode_relative_rle
 
 

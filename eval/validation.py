@@ -13,7 +13,7 @@ PER_CLASS = 20  # test images per class: 100 in all, a few seconds per epoch on 
 def _frames(image_size: int, resize_to: int, per_class: int):
     from eval.datasets import build_dataset
     from eval.loading import load_rows
-    from train.frame import to_input
+    from train.models.frame import to_input
 
     ds = build_dataset("phantom-5x200", n=per_class, seed=0)  # drawn as `syncxr eval` draws them
     rows = ds.split("test")

@@ -54,9 +54,35 @@ def test_arrows_against_the_direction_are_named(tmp_path):
                                                "train.loop -> engine.synth.run"]
 
 
+def test_the_model_library_stands_apart_from_the_trainer(tmp_path):
+    """train.models imports no Ray and no trainer; eval uses train.models only; nothing in
+    production imports the test-only builders. Each planted arrow is named."""
+    root = _tree(tmp_path, {
+        "train/__init__.py": "", "train/models/__init__.py": "", "train/driver.py": "", "eval/__init__.py": "",
+        "actors/__init__.py": "", "actors/testing/__init__.py": "", "actors/testing/tiny.py": "",
+        "engine/__init__.py": "", "engine/core/__init__.py": "", "engine/core/errors.py": "",
+        "train/models/base.py": "import torch\nfrom engine.core.errors import UserError\n",
+        "train/models/gather.py": "import ray.train\n",
+        "train/models/factory.py": "def f():\n    from train.driver import run_training\n",
+        "train/loop.py": "import ray.train\nfrom train.models import base\n",  # the trainer may
+        "eval/zero_shot.py": "from train.models import base\n",
+        "eval/report.py": "from train import driver\n",
+        "workflows/__init__.py": "", "workflows/experiment.py": "from train.driver import run_training\n",
+        "eval/loading.py": "from actors.testing.tiny import x\n",
+    })
+    assert violations(import_graph(root)) == [
+        "eval.loading -> actors.testing.tiny: test-only builders are for tests and benchmarks",
+        "eval.report -> train.driver: eval/ uses the model library (train.models) only, and reads the engine's "
+        "output through engine.dataset",
+        "train.models.factory -> train.driver: the model library (train.models) imports no Ray and nothing of "
+        "the trainer, the engine or eval",
+        "train.models.gather -> ray: the model library (train.models) imports no Ray and nothing of the trainer, "
+        "the engine or eval"]
+
+
 # ---------------------------------------------------------------- environment variables
 
-PRODUCTION = ("engine", "actors", "train", "eval")
+PRODUCTION = ("engine", "actors", "train", "eval", "workflows")
 # reads whose variable the user names in a config (reports.options.api_key_env): documented there
 CONFIG_NAMED = {"actors/report_openai.py"}
 

@@ -37,7 +37,7 @@ def test_left_stays_left_by_default_and_flips_only_when_asked():
 
 
 def test_identity_settings_give_the_centre_crop():
-    from train.frame import center_crop, to_input
+    from train.models.frame import center_crop, to_input
 
     still = {"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "rotation_deg": 0.0, "translate": 0.0,
              "scale": [1.0, 1.0], "brightness": [1.0, 1.0], "contrast": [1.0, 1.0], "blur_sigma": [1e-4, 1e-4]}

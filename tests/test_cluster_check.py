@@ -240,9 +240,9 @@ def test_sweep_counts_concurrent_trials_and_reads_the_train_file(tmp_path):
     assert "'tune trial workers' needs 24 x" in problem and "3 concurrent trials" in problem
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("t*-*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "train" / "configs").glob("t*-*.yaml")))
 def test_shipped_training_and_sweep_configs_fit(name):
-    assert check_cluster(CLUSTER, [CONFIGS / name]).problems == []
+    assert check_cluster(CLUSTER, [ROOT / "train" / "configs" / name]).problems == []
 
 
 def test_check_cluster_is_a_listed_command(capsys):

@@ -62,14 +62,23 @@ def test_shipped_configs_are_found_from_any_directory_and_are_package_data(tmp_p
     import tomllib
     from pathlib import Path
 
-    from engine.core.config import PACKAGED_CONFIGS, find_config_file
+    from engine.core.config import CONFIG_DIRS, PACKAGED_CONFIGS, find_config_file
 
     monkeypatch.chdir(tmp_path)  # not the checkout: configs/ is not here
     cfg = load_config("configs/local.yaml")
     assert cfg.reports.backend == "template" and Path(cfg.base_dir) == PACKAGED_CONFIGS
     assert find_config_file("configs/prompts/report_v1.yaml").is_file()
+    assert find_config_file("configs/train-local.yaml").parent == CONFIG_DIRS[1]  # beside train/
+    assert find_config_file("experiment-local.yaml").parent == CONFIG_DIRS[2]
     assert not find_config_file("configs/absent.yaml").exists()
     root = PACKAGED_CONFIGS.parent.parent
-    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["engine"]
-    shipped = [p.relative_to(PACKAGED_CONFIGS.parent).as_posix() for p in PACKAGED_CONFIGS.rglob("*.yaml")]
-    assert shipped and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in shipped)
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    names = []
+    for config_dir in CONFIG_DIRS:
+        package = config_dir.parent
+        shipped = [p.relative_to(package).as_posix() for p in config_dir.rglob("*.yaml")]
+        assert shipped and all(any(fnmatch.fnmatch(f, g) for g in package_data[package.name]) for f in shipped)
+        names += [p.name for p in config_dir.iterdir()]
+    # the checkout's configs/ links to every packaged config, and only to them
+    assert sorted(p.name for p in (root / "configs").iterdir()) == sorted(names)
+    assert all((root / "configs" / n).resolve().exists() for n in names)

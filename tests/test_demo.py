@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from engine.cli.demo import main
+from workflows.demo import main
 
 
 @pytest.mark.ray

@@ -14,7 +14,7 @@ from engine.core.errors import UserError
 from eval.datasets import build_dataset, check_task
 from eval.datasets import chexpert
 from eval.datasets.base import image_paths
-from train.frame import decode
+from train.models.frame import decode
 from eval.loading import load_rows
 
 

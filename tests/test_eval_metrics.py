@@ -8,7 +8,7 @@ import pytest
 
 from eval import metrics
 from eval.datasets.base import shipped_file
-from train.frame import frame
+from train.models.frame import frame
 from eval.loading import boxes_to_mask
 from eval.prompts import class_prompts, pos_neg_prompts
 from eval.rle import decode_relative_rle, encode_relative_rle

@@ -13,7 +13,7 @@ from engine.core.errors import UserError
 from eval.datasets import build_dataset
 from eval.evaluate import evaluate
 from eval.grounding import choose_threshold, grounding_metrics, zero_shot_grounding
-from train.frame import to_input
+from train.models.frame import to_input
 from eval.linear_probe import linear_probe, pooled_features, subset_indices
 from eval.loading import load_rows, row_class
 from eval.segmentation import build_unet, train_segmentation

@@ -1,4 +1,4 @@
-"""train/frame.py: one model-input frame. Decoding of every format, the geometry, and the parity
+"""train/models/frame.py: one model-input frame. Decoding of every format, the geometry, and the parity
 test: the same images through training, validation, `syncxr embed` and evaluation give the same
 tensor, bit for bit."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from PIL import Image
 
 from engine.core.errors import UserError
 from test_eval_datasets import write_dicom
-from train import frame as F
+from train.models import frame as F
 
 
 def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
@@ -90,7 +90,7 @@ def test_training_validation_embed_and_eval_feed_the_model_the_same_tensor(tmp_p
     from train.commands.embed import embed_source
     from train.data.cache import collect
     from train.data.preprocess import decode_batch
-    from train.frame import to_input
+    from train.models.frame import to_input
 
     S, R = 48, 54
     files = _parity_images(tmp_path)

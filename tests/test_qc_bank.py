@@ -9,13 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.testing.degrade import clean_phantoms, degrade
+from actors.degrade import clean_phantoms, degrade
 from engine.core.config import IndexConfig, load_config
 from engine.core.errors import UserError
 from engine.images.pipeline import encode_png
-from engine.qc.stages import (EmbedStage, JudgeStage, ReferenceFilterStage, dedup_table, embed_verdict,
-                       judge_verdict, load_bank, privacy_reference, read_images_local, reference_verdict,
-                       save_bank)
+from engine.qc.bank import load_bank, save_bank
+from engine.qc.image_files import read_images_local
+from engine.qc.stages import (EmbedStage, JudgeStage, ReferenceFilterStage, dedup_table, embed_verdict, judge_verdict,
+                              privacy_reference, reference_verdict)
 
 PIXELS = {"backend": "pixels", "model": None, "options": {}}
 

@@ -357,7 +357,7 @@ def test_synth_global_qc_takes_the_cluster_path_above_exact_max():
 
 def test_ivfpq_rescored_best_cosine_matches_exact(tmp_path):
     from engine.qc.faiss_index import load_index
-    from engine.qc.stages import save_bank
+    from engine.qc.bank import save_bank
 
     real, _, _ = cone(n=12_000, groups=0, decoys=0, seed=1)
     cfg = IndexConfig(exact_max=100, kind="ivfpq", nlist=16, nprobe=16, pq_m=16)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actors.testing.degrade import clean_phantoms, degrade, toy_frontal
+from actors.degrade import clean_phantoms, degrade, toy_frontal
 from actors.embed_pixels import PixelEmbedder, pixel_descriptor
 from engine.core.errors import UserError, ConfigError
 

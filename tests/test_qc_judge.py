@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actors.testing.degrade import DEGRADATIONS, clean_phantoms, degrade, labelled_bank
+from actors.degrade import DEGRADATIONS, clean_phantoms, degrade, labelled_bank
 from actors.judge_mllm import (build_judge_processor, build_messages, parse_answer, processor_config,
                                vllm_missing_reason)
 from actors.judge_rules import KINDS, RulesJudge, corner_tilt, judge_image, text_glyphs

@@ -1,4 +1,4 @@
-"""train/losses.py against hand-computed values (numbers worked out in the test, not by the code)."""
+"""train/models/losses.py against hand-computed values (numbers worked out in the test, not by the code)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from train import losses
+from train.models import losses
 
 
 def _log1p_exp(x: float) -> float:  # -log(softmax) of a two-way choice with margin -x

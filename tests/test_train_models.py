@@ -136,7 +136,7 @@ def test_features_similarity_and_maps(name):
         assert torch.allclose(maps.sum(dim=(2, 3)), torch.ones(2, 3), atol=1e-5)
         with torch.no_grad():
             img, txt = model.encode_image(images), model.encode_text(ids, mask)
-            from train import losses
+            from train.models import losses
             local = losses.local_similarity(txt["words"], txt["word_mask"], img["image_local"], 4.0, 5.0, True)
         assert torch.allclose(sim, (e_img @ e_txt.t() + local) / 2, atol=1e-5)
         # "left pleural effusion" pools to 3 words (the tiny vocab splits some of them)
@@ -198,7 +198,7 @@ def test_transformers_encoders_from_directories(tmp_path):
     """A tiny random ViT and BERT saved like hub models: the real AutoModel/AutoTokenizer paths."""
     from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 
-    from train.tokenizer import train_wordpiece
+    from train.models.tokenizer import train_wordpiece
 
     torch.manual_seed(0)
     ViTModel(ViTConfig(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -1,6 +1,6 @@
 """ConVIRT's image augmentations on tensors, for a whole batch at once and seeded.
 
-Input: the uint8 frames training keeps (train/frame.py `resized`, [B, R, R]); output: float32
+Input: the uint8 frames training keeps (train/models/frame.py `resized`, [B, R, R]); output: float32
 [B, 1, S, S] in the model's normalisation, the random counterpart of `center_crop` + `to_input`.
 The random resized crop, the affine (rotation, translation, scale) and the optional flip are one
 sampling grid per image (one `grid_sample`), then brightness and contrast, then a Gaussian blur of

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from engine.core.config import RaySection, ScalingSection, Section, deep_merge, load_yaml_model
+from engine.core.config import RaySection, ScalingSection, Section, deep_merge, load_yaml_model, validate_model
 from engine.core.errors import ConfigError
 
 
@@ -143,10 +143,11 @@ class TuneConfig(Section):
     num_samples: int = Field(1, ge=1)  # repeats of the grid
 
 
-def load_train_config(path, overrides: Optional[dict] = None) -> tuple[TrainConfig, Any]:
+def load_train_config(path, overrides: Optional[dict] = None, overrides_from: str = "overrides") -> tuple[TrainConfig, Any]:
+    """The training config of a file, with `overrides` (from `overrides_from`, named in errors) on top."""
     cfg, found = load_yaml_model(path, TrainConfig, "training config")
     if overrides:
-        cfg = TrainConfig.model_validate(deep_merge(cfg.model_dump(), overrides))
+        cfg = validate_model(deep_merge(cfg.model_dump(), overrides), TrainConfig, f"{found} with {overrides_from}")
     return cfg, found
 
 

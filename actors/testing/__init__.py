@@ -1,2 +1,2 @@
-"""Builders for tests, benchmarks and the demo: labelled image degradations and tiny random-weight
-model checkouts. Nothing in a production run depends on them."""
+"""Builders for tests and benchmarks: tiny random-weight model checkouts. Nothing in a production
+run depends on them (tests/test_architecture.py holds that)."""

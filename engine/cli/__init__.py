@@ -1,5 +1,5 @@
 """`syncxr` command line. Subcommands live in the `commands` package of each top-level package
-(engine, train, eval), one module each with `register(sub)` that adds a parser whose `func(args)`
+(engine, train, eval, workflows), one module each with `register(sub)` that adds a parser whose `func(args)`
 does the work. They are found by name, so the engine never imports train/ or eval/ code itself.
 User errors print one line, no traceback; so do the errors of the world around a command (this
 module is the one place that words them): a file-system error names its path, a connection
@@ -19,7 +19,7 @@ from engine import __version__
 from engine.core.errors import UserError
 
 
-COMMAND_PACKAGES = ("engine.cli.commands", "train.commands", "eval.commands")
+COMMAND_PACKAGES = ("engine.cli.commands", "train.commands", "eval.commands", "workflows.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

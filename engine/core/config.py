@@ -17,16 +17,24 @@ from engine.core.yaml_file import read_yaml
 # Shipped as package data (the checkout's configs/ is a link to it), so an installed syncxr has them.
 PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = PACKAGED_CONFIGS / "local.yaml"
+# every package keeps the configs it reads beside it (package data); engine's come first. A path,
+# not an import: the engine finds train's and workflows' files without importing their code.
+CONFIG_DIRS = (PACKAGED_CONFIGS, PACKAGED_CONFIGS.parent.parent / "train" / "configs",
+               PACKAGED_CONFIGS.parent.parent / "workflows" / "configs")
 
 
 def _packaged(p: Path) -> Path | None:
     parts = p.parts[1:] if p.parts and p.parts[0] == "configs" else p.parts
-    found = PACKAGED_CONFIGS.joinpath(*parts) if parts else None
-    return found if found is not None and found.is_file() else None
+    for root in CONFIG_DIRS if parts else ():
+        found = root.joinpath(*parts)
+        if found.is_file():
+            return found
+    return None
 
 
 def find_config_file(path: str | Path) -> Path:
-    """`path` as given, else the packaged file of that name ("configs/local.yaml" works anywhere)."""
+    """`path` as given, else the packaged file of that name ("configs/local.yaml" works anywhere:
+    engine/configs, train/configs, workflows/configs)."""
     p = Path(path).expanduser()
     if p.exists() or p.is_absolute():
         return p

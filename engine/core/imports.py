@@ -8,31 +8,42 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGES = ("engine", "actors", "train", "eval")
+PACKAGES = ("engine", "actors", "train", "eval", "workflows")
+# third-party packages whose arrows are tracked too (the model library must not reach Ray)
+EXTERNAL = ("ray",)
 
 # (importer prefix, imported prefix, why it is forbidden); the first matching importer rule wins
 # in `allowed` below. Prefixes are module paths; "engine.core" also matches "engine.core.files".
 RULES = (
     # engine.core is the floor: it stands on nothing else of the project
-    ("engine.core", ("engine.", "actors", "train", "eval"), ("engine.core",),
+    ("engine.core", ("engine.", "actors", "train", "eval", "workflows"), ("engine.core",),
      "engine.core depends on no other part of the project"),
     # the published dataset is read by train/eval: it stands on core only
-    ("engine.dataset", ("engine.", "actors", "train", "eval"), ("engine.core",),
+    ("engine.dataset", ("engine.", "actors", "train", "eval", "workflows"), ("engine.core",),
      "the published dataset module depends on engine.core only"),
-    # the CLI is the top: it may import the engine's steps (and reach actors for the demo's bank)
-    ("engine.cli", ("train", "eval"), (), "the engine's CLI finds train/eval commands by name only"),
+    # the CLI may import the engine's steps; it finds the other packages' commands by name
+    ("engine.cli", ("train", "eval", "workflows"), (),
+     "the engine's CLI finds train/eval/workflows commands by name only"),
     # the engine's steps reach backends through registries (import paths as strings), never by module
-    ("engine", ("actors", "train", "eval", "engine.cli"), (),
+    ("engine", ("actors", "train", "eval", "workflows", "engine.cli"), (),
      "engine steps reach backends through their registry, and never import the CLI or train/eval"),
     # a backend may use the core and the steps it serves, never the run logic or the CLI
-    ("actors", ("engine.synth", "engine.cli", "engine.plan", "train", "eval"), (),
+    ("actors", ("engine.synth", "engine.cli", "engine.plan", "train", "eval", "workflows"), (),
      "backends depend on engine.core and the step they serve only"),
-    # training and evaluation read the engine's output through the published dataset only
-    ("train", ("engine.", "eval"), ("engine.dataset", "engine.core", "engine.text"),
+    # the model library stands alone: no Ray, no trainer, none of the engine's steps
+    ("train.models", ("engine.", "actors", "train", "eval", "workflows", "ray"),
+     ("train.models", "engine.core.errors", "engine.core.config", "engine.core.registry"),
+     "the model library (train.models) imports no Ray and nothing of the trainer, the engine or eval"),
+    # the trainer reads the engine's output through the published dataset only
+    ("train", ("engine.", "eval", "workflows"), ("engine.dataset", "engine.core", "engine.text"),
      "train/ reads the engine's output only through engine.dataset"),
-    ("eval", ("engine.",), ("engine.dataset", "engine.core", "engine.text"),
-     "eval/ reads the engine's output only through engine.dataset"),
+    # evaluation uses the model library, never the trainer
+    ("eval", ("engine.", "train", "workflows"), ("engine.dataset", "engine.core", "engine.text", "train.models"),
+     "eval/ uses the model library (train.models) only, and reads the engine's output through engine.dataset"),
+    # workflows is the composition root: it may import any of them
 )
+# what no production module may import, whatever its package
+TEST_ONLY = ("actors.testing",)
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -52,7 +63,8 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
 
 
 def imports_of(root: Path, path: Path, known: set[str]) -> set[str]:
-    """Project modules that the file imports (a `from pkg import name` of a submodule counts as it)."""
+    """Project modules (and EXTERNAL packages) that the file imports (a `from pkg import name` of a
+    submodule counts as it)."""
     module = module_name(root, path)
     tree = ast.parse(path.read_text(), filename=str(path))
     found: set[str] = set()
@@ -65,6 +77,9 @@ def imports_of(root: Path, path: Path, known: set[str]) -> set[str]:
         else:
             continue
         for name in names:
+            if name.split(".")[0] in EXTERNAL:
+                found.add(name.split(".")[0])
+                continue
             while name and name not in known:
                 name = name.rpartition(".")[0]  # `import a.b.c` of a function/attr -> module a.b
             if name and name != module and name.split(".")[0] in PACKAGES:
@@ -87,6 +102,9 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
     """Arrows against the rules, as 'a -> b: why'."""
     out = []
     for src, targets in sorted(graph.items()):
+        if not any(_matches(src, t) for t in TEST_ONLY):
+            out += [f"{src} -> {dst}: test-only builders are for tests and benchmarks"
+                    for dst in sorted(targets) if any(_matches(dst, t) for t in TEST_ONLY)]
         for importer, forbidden, allowed, why in RULES:
             if not _matches(src, importer):
                 continue

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.files import write_json, write_table
+from engine.plan.checks import check_exclusive_pairs, check_plan_memory
 from engine.plan.sampler import build_plan, build_vocabulary, plan_counts, plan_stats
 from engine.text.stats import plot_balance
 from engine.plan.mirror import mirror_plan
@@ -23,6 +24,7 @@ def make_plan(cfg, n: int, table=None):
         usable = [ents if r.findings and r.impression else [] for r, ents in zip(reports, entity_lists)]
         return mirror_plan(usable, n, p.seed), build_vocabulary(count_entities(entity_lists), p.min_count)
     table = table if table is not None else extract_corpus(cfg)[0]
+    check_exclusive_pairs(cfg, table)
     vocab = build_vocabulary(table, cfg.plan.min_count)
     if not vocab.clinical:
         raise UserError(f"no clinical entity reaches plan.min_count={cfg.plan.min_count} in the corpus")
@@ -33,6 +35,7 @@ def make_plan(cfg, n: int, table=None):
 
 def write_plan(cfg, n: int, out: Path, table=None):
     """Write plan.parquet, plan_stats.json and plan_balance.png. -> (plan, stats)"""
+    check_plan_memory(cfg, n)
     out.mkdir(parents=True, exist_ok=True)
     plan, vocab = make_plan(cfg, n, table)
     write_table(plan, out / "plan.parquet")

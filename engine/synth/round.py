@@ -55,7 +55,8 @@ class PreparedStages:
 
 def prepare_stages(cfg) -> PreparedStages:
     from engine.images.pipeline import build_image_stage
-    from engine.qc.stages import JUDGES, check_backends, embedder_signature, load_bank
+    from engine.qc.bank import embedder_signature, load_bank
+    from engine.qc.stages import JUDGES, check_backends
     from engine.reports.pipeline import prepare
 
     report_cls, rcfg, prompt = prepare(cfg)
@@ -184,8 +185,8 @@ class ImageQCStage:
     """Embed, judge (when it is a per-batch judge) and the reference filter, in one actor."""
 
     def __init__(self, embedder: dict, judge: Optional[dict], reference: Optional[dict]):
-        from engine.qc.stages import EmbedStage, JudgeStage, ReferenceFilterStage, embed_verdict, judge_verdict, \
-            reference_verdict
+        from engine.qc.stages import (EmbedStage, JudgeStage, ReferenceFilterStage, embed_verdict, judge_verdict,
+                                      reference_verdict)
 
         self.steps = [Gated("embed", EmbedStage, embedder, embed_verdict)]
         if judge is not None:
@@ -222,7 +223,7 @@ def _backend_kwargs(section) -> dict:
 
 
 def _reference_kwargs(cfg, stages: PreparedStages) -> Optional[dict]:
-    from engine.qc.stages import embedder_signature
+    from engine.qc.bank import embedder_signature
 
     if not stages.bank:
         return None

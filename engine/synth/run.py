@@ -16,7 +16,6 @@ Layout of DIR: engine/synth/layout.py.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -119,59 +118,16 @@ PLAN_FILES = ("entities.parquet", "stats.json", "rank_frequency.png", "plan.parq
               "plan_balance.png")
 
 
-def check_exclusive_pairs(cfg, table: pa.Table) -> None:
-    """Every plan.exclusive_pairs entry names an entity the lexicon or the corpus knows (a typo
-    would silently constrain nothing)."""
-    import difflib
-
-    from engine.text.lexicon import load_lexicon
-
-    lexicon_path = cfg.resolve(cfg.extractor.lexicon)
-    lexicon = load_lexicon(lexicon_path)
-    known = set(table.column("text").to_pylist()) | {e.name for e in lexicon}
-    for i, pair in enumerate(cfg.plan.exclusive_pairs):
-        for text in pair:
-            if text not in known:
-                close = difflib.get_close_matches(text, sorted(known), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise UserError(f"plan.exclusive_pairs[{i}]: {text!r} is not an entity of the lexicon "
-                                f"({lexicon.source}) or the corpus{hint}")
-
-
-PLAN_BYTES_PER_ENTITY = 400  # peak memory of sampling, measured: ~2.2 KB per sample of k+m=6
-
-
-def available_memory() -> int | None:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-
-
-def check_plan_memory(cfg, n: int) -> None:
-    """Refuse a plan that cannot fit in memory before trying (numpy would fail half-way through)."""
-    need = n * (cfg.plan.k + cfg.plan.m) * PLAN_BYTES_PER_ENTITY
-    have = available_memory()
-    if have is not None and need > have:
-        raise UserError(f"--n {n}: the plan needs about {need / 2**30:.0f} GiB of memory, more than the "
-                        f"{have / 2**30:.0f} GiB available: plan fewer samples")
-
-
 def compute_plan_files(cfg, n: int, where: Path, entities: pa.Table | None = None) -> tuple[pa.Table, dict]:
     """Extract the corpus (unless an entity table is given), check the plan settings and write
     the plan's files into `where` (a private temporary directory). -> (plan, plan stats)"""
+    from engine.plan.checks import check_plan_memory
     from engine.plan.write import write_plan
     from engine.text.vocabulary import write_entities
 
-    check_plan_memory(cfg, n)
+    check_plan_memory(cfg, n)  # before the corpus is read; write_plan checks the rest
     if entities is None:
         entities, _ = write_entities(cfg, where)  # the corpus side of the data card's balance plot
-    check_exclusive_pairs(cfg, entities)
     return write_plan(cfg, n, where, entities)
 
 
@@ -297,7 +253,8 @@ class _Cluster:
         return self.ray
 
     def privacy(self):
-        from engine.qc.stages import embedder_signature, privacy_reference
+        from engine.qc.bank import embedder_signature
+        from engine.qc.stages import privacy_reference
 
         if self._privacy is False:
             self._privacy = privacy_reference(self.cfg, embedder_signature(self.cfg.qc.embedder))

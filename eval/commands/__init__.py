@@ -1,1 +1,1 @@
-"""`syncxr` subcommands of eval/ (found by engine/cli.py)."""
+"""`syncxr` subcommands of eval/ (found by engine/cli/__init__.py)."""

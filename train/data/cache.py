@@ -8,7 +8,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from train.frame import center_crop, to_input
+from train.models.frame import center_crop, to_input
 from train.text_view import random_sentence
 
 

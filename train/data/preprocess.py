@@ -1,5 +1,5 @@
 """The per-batch work Ray Data runs once per training run, before any worker starts: decode each
-image and resize it to the model's `resize_to` frame (train/frame.py), as uint8. Workers keep
+image and resize it to the model's `resize_to` frame (train/models/frame.py), as uint8. Workers keep
 these frames in memory and take the crop (or a random view) each epoch, so nothing is decoded twice.
 
 An image that does not decode is not an error here: its row comes out with `valid=False`, a zero
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.frame import decode, resized
+from train.models.frame import decode, resized
 
 
 def _image_source(batch: dict, i: int):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train import distributed
+from train.models import gather as distributed
 from train.models.image_encoders import build_image_encoder
 from train.models.text_encoders import TextEncoder
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.core.errors import ConfigError
-from train import losses
+from train.models import losses
 from train.models.base import ContrastiveModel
 
 POOLINGS = ("cls", "mean", "max")

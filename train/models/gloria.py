@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train import losses
+from train.models import losses
 from train.models.base import ContrastiveModel
 from train.models.word_pooling import pool_words
 

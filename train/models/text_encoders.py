@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engine.core.errors import ConfigError, UserError
-from train import tokenizer as tok
+from train.models import tokenizer as tok
 
 
 def _corpus_tokenizer(spec: dict, text_corpus: Iterable[str] | None, tokenizer_dir: str | None):

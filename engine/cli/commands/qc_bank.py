@@ -43,8 +43,9 @@ def _collect(ds, columns: list[str]) -> dict:
 
 def build_bank(cfg, src, out, keep: str = "problematic", limit=None, address=None, overwrite=False,
                verbose: bool = False) -> dict:
-    from engine.qc.stages import (check_backends, embed_dataset, embedder_signature, image_source_dataset, judge_dataset,
-                           save_bank)
+    from engine.qc.bank import embedder_signature, save_bank
+    from engine.qc.image_files import image_source_dataset
+    from engine.qc.stages import check_backends, embed_dataset, judge_dataset
     from engine.core.ray_session import init_ray
 
     out = Path(out)

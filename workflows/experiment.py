@@ -14,19 +14,15 @@ Writes DIR/results.json, DIR/results.md and DIR/results.png; the datasets and ru
 from __future__ import annotations
 
 import csv
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from engine.core.config import Section, beside, deep_merge, load_yaml_model
-from engine.core.errors import UserError
+from engine.core.config import Section, beside, deep_merge, load_config, load_yaml_model
 from engine.core.files import save_figure, write_json, write_text
 from engine.dataset import open_dataset, report_text
 
@@ -48,39 +44,48 @@ class EvalSection(Section):
 
 class ExperimentConfig(Section):
     n: int = Field(1000, ge=10)  # pairs per arm
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    arms: list[Literal["real", "synthetic", "mixed-concat", "mixed-ratio"]] = Field(default_factory=lambda: list(ARMS))
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    arms: list[Literal["real", "synthetic", "mixed-concat", "mixed-ratio"]] = Field(
+        default_factory=lambda: list(ARMS), min_length=1)
     synth_config: str = "local.yaml"  # engine config of both datasets (relative to this file)
     train_config: str = "train-local.yaml"
     train: dict[str, Any] = Field(default_factory=dict)  # overrides of the training config, every arm
     real_like: RealLikeSection = Field(default_factory=RealLikeSection)
     eval: EvalSection = Field(default_factory=EvalSection)
 
+    @field_validator("seeds", "arms")
+    @classmethod
+    def _no_repeats(cls, value: list) -> list:
+        repeated = sorted({str(v) for v in value if value.count(v) > 1})
+        if repeated:  # two runs of one seed are one model counted twice: a spread of zero that means nothing
+            raise ValueError(f"repeated: {', '.join(repeated)}")
+        return value
+
 
 def load_experiment_config(path) -> tuple[ExperimentConfig, Path]:
+    """The experiment config with its training config and every arm's overrides checked now, before
+    any dataset is built."""
+    from train.config import load_train_config
+
     cfg, found = load_yaml_model(path, ExperimentConfig, "experiment config")
     cfg.synth_config = str(beside(found, cfg.synth_config))
     cfg.train_config = str(beside(found, cfg.train_config))
+    load_config(cfg.synth_config)  # the engine config of both datasets reads
+    base, _ = load_train_config(cfg.train_config, cfg.train or None, f"{found}: train")
+    for arm in cfg.arms:
+        overrides, _, _ = arm_overrides(arm, cfg.seeds[0], cfg.n, base.epochs)
+        load_train_config(cfg.train_config, deep_merge(cfg.train, overrides), f"{found}: train (arm {arm})")
     return cfg, found
 
 
 # ---------------------------------------------------------------- the datasets
 
 def synth(config: Path, n: int, out: Path) -> Path:
-    """A dataset through the engine's published command (the engine's run logic is not ours to import)."""
-    if (out / "manifest.json").is_file():  # finished earlier: a rerun of the experiment reuses it
-        planned = json.loads((out / "manifest.json").read_text()).get("planned")
-        if planned != n:
-            raise UserError(f"{out} holds a dataset of {planned} planned pairs, not n={n}: use another --out")
-        return out
-    cmd = [sys.executable, "-m", "engine.cli", "synth", "--config", str(config), "--n", str(n), "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    # exit 3: finished with fewer samples than planned (rows report QC never accepted): usable
-    if proc.returncode == 3 and (out / "manifest.json").is_file():
-        return out
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"synth of {out} failed (exit {proc.returncode}): {last}")
+    """A dataset of n pairs by the function `syncxr synth` runs: a rerun resumes an unfinished run,
+    reuses a finished one and refuses a directory of other settings."""
+    from engine.synth.run import run_synth
+
+    run_synth(load_config(config), n, out)  # fewer kept than planned (QC never accepted some): usable
     return out
 
 
@@ -99,7 +104,7 @@ def real_like_config(synth_config: str, out: Path) -> Path:
 def spoil_plan(n: int, unpaired_share: float, low_quality_share: float, seed: int) -> tuple[np.ndarray, dict[int, str]]:
     """(report index for each image, {image index: degradation}) for n pairs: a share of reports
     moved to other images (a cycle, so none keeps its own), a share of images degraded."""
-    from actors.testing.degrade import DEGRADATIONS
+    from actors.degrade import DEGRADATIONS
 
     rng = np.random.default_rng(seed)
     report_of = np.arange(n)
@@ -115,8 +120,8 @@ def write_real_like_table(dataset_dir: Path, out: Path, section: RealLikeSection
     """The real-like pairs as a generic table (image_path, report), images as PNG files."""
     from PIL import Image
 
-    from actors.testing.degrade import degrade
-    from train.frame import decode
+    from actors.degrade import degrade
+    from train.models.frame import decode
 
     table_path = out / "pairs.csv"
     if table_path.is_file():

@@ -1,4 +1,4 @@
-"""`syncxr experiment`: real-like vs synthetic vs mixed pretraining, scored zero-shot (eval/experiment.py)."""
+"""`syncxr experiment`: real-like vs synthetic vs mixed pretraining, scored zero-shot (workflows/experiment.py)."""
 from __future__ import annotations
 
 DESCRIPTION = (
@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from eval.experiment import load_experiment_config, run_experiment
+    from workflows.experiment import load_experiment_config, run_experiment
 
     cfg, _ = load_experiment_config(args.config)
     results = run_experiment(cfg, args.out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import yaml
 
-from eval.experiment import arm_overrides, load_experiment_config, real_like_config, spoil_plan, summarise
+from workflows.experiment import arm_overrides, load_experiment_config, real_like_config, spoil_plan, summarise
 
 
 def test_spoiling_moves_the_asked_share_of_reports_and_degrades_the_asked_share_of_images():
@@ -53,3 +53,25 @@ def test_zero_shot_validation_hook_scores_a_model():
                          overrides={"image": {"image_size": 64, "resize_to": 72}})
     out = phantom_zero_shot(model, "cpu", per_class=2)
     assert set(out) == {"val_zero_shot_auc", "val_zero_shot_acc"} and 0 <= out["val_zero_shot_auc"] <= 1
+
+
+def test_a_bad_experiment_config_is_one_line_before_any_dataset_is_built(tmp_path, capsys):
+    from engine.cli import main
+
+    cases = {
+        "seeds: [0, 0]": "field 'seeds': Value error, repeated: 0",
+        "seeds: []": "field 'seeds': List should have at least 1 item",
+        "arms: []": "field 'arms': List should have at least 1 item",
+        "arms: [real, real]": "field 'arms': Value error, repeated: real",
+        "train: {optim: {lr: -1}}": "with {cfg}: train: field 'optim.lr': Input should be greater than 0",
+        "train: {optim: {lrr: 1}}": "with {cfg}: train: field 'optim.lrr': Extra inputs are not permitted",
+        "synth_config: nowhere.yaml": "nowhere.yaml",
+    }
+    for i, (line, message) in enumerate(cases.items()):
+        cfg = tmp_path / f"exp{i}.yaml"
+        cfg.write_text(f"n: 20\n{line}\n")
+        out = tmp_path / f"out{i}"
+        assert main(["experiment", "--config", str(cfg), "--out", str(out)]) == 2, line
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message.format(cfg=cfg) in err[0], (line, err)
+        assert not out.exists()

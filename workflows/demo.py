@@ -34,7 +34,7 @@ def done(phases: dict, name: str, started: float) -> None:
 def write_problem_images(out: Path, n_clean: int = 8, seed: int = 101) -> Path:
     """Degraded phantoms (lateral, inverted, cropped, blank, text, ...): the stand-in for the real
     problematic images a cluster run judges with the MLLM."""
-    from actors.testing.degrade import clean_phantoms, labelled_bank
+    from actors.degrade import clean_phantoms, labelled_bank
     from engine.images.pipeline import encode_png
 
     src = out / "problem-images"

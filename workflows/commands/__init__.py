@@ -1,0 +1,1 @@
+"""`syncxr` subcommands of workflows/ (found by engine/cli/__init__.py)."""
