@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import Optional
 
 from engine.core.errors import UserError
+from engine.core.ownership import claim, input_digest, value_digest
 from eval.datasets import build_dataset, check_task
 from eval.datasets.base import EvalSet
 from eval.loading import load_rows, row_class
+from train.models import load_model, model_dir
+from train.models.base import WEIGHTS_FILE
 from train.models.frame import to_input
 
 TASKS = ("zero-shot", "grounding", "linear-probe", "segmentation")
 
 
 def load_checkpoint(checkpoint, expect_model: Optional[str] = None):
-    from train.models import load_model, model_dir
-
     return load_model(model_dir(checkpoint), expect_name=expect_model)
 
 
@@ -111,20 +112,27 @@ def _run_one(model, ds: EvalSet, task: str, frames: _Frames, out: Path, tag: str
 
 def evaluate(checkpoints: list, dataset: str, task: str, out, imgpath=None, n: Optional[int] = None,
              seed: int = 0, expect_model: Optional[str] = None, dataset_options: Optional[dict] = None,
-             **options) -> dict:
+             overwrite: bool = False, **options) -> dict:
     """Evaluate each checkpoint (path, or an already loaded model) on `dataset` for `task`.
     options: batch_size, epochs / max_steps (segmentation). Returns the results dict written to
-    out/results.json."""
+    out/results.json. `out` is claimed like every command's output (engine/core/ownership.py):
+    a rerun of the same evaluation refreshes it, another one needs another `out` or `overwrite`."""
     if task not in TASKS:
         raise UserError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
     if not checkpoints:
         raise UserError("no --checkpoint given")
     check_task(dataset, task)
+    if imgpath is not None and not Path(imgpath).expanduser().is_dir():
+        raise UserError(f"--imgpath {imgpath}: no such folder")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     models = [(f"model{i}", c) if hasattr(c, "similarity") else (str(c), load_checkpoint(c, expect_model))
               for i, c in enumerate(checkpoints)]
     ds = build_dataset(dataset, n=n, seed=seed, **(dataset_options or {}))
+    weights = [input_digest(model_dir(c) / WEIGHTS_FILE) if not hasattr(c, "similarity") else f"in memory {i}"
+               for i, c in enumerate(checkpoints)]
+    claim(out, "eval", {"checkpoints": weights, "dataset": dataset, "task": task, "n": n, "seed": seed,
+                        "imgpath": str(Path(imgpath).resolve()) if imgpath else None,
+                        "options": value_digest([dataset_options, options])}, replace=overwrite)
     frames = _Frames(ds, imgpath)
     rows = []
     for i, (label, model) in enumerate(models):

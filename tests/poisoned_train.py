@@ -20,26 +20,32 @@ def install() -> None:
     poisoned, original, calls = int(os.environ[STEP_VAR]), ContrastiveModel.loss, [0]
 
     def loss(self, features, gather=True):
-        value, parts = original(self, features, gather)
+        value = original(self, features, gather)
         if self.training and torch.is_grad_enabled():  # optimizer steps, not validation
             calls[0] += 1
             if calls[0] == poisoned:
                 value = value * float("nan")
-        return value, parts
+        return value
 
     ContrastiveModel.loss = loss
 
 
 def main(argv: list[str]) -> int:
+    import logging
+
     import ray
 
     from engine.cli import main as syncxr_main
+    from engine.core.ray_session import quiet_ray_data, quiet_ray_logs
 
     temp_dir = tempfile.mkdtemp(prefix="sxp-", dir="/tmp")  # short: Ray's socket paths
     try:
+        quiet_ray_logs()  # as the CLI's own Ray start does
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False,
+                 logging_level=logging.ERROR,
                  runtime_env={"worker_process_setup_hook": "poisoned_train.install",
                               "env_vars": {STEP_VAR: argv[0]}})
+        quiet_ray_data()
         return syncxr_main(argv[1:])
     finally:
         ray.shutdown()

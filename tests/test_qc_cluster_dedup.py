@@ -267,7 +267,7 @@ def test_distributed_kept_set_independent_of_partitions(ray_session):
     local = near_duplicates(x, ids, T, CLUSTER)
     expected = {ids[k]: (local.duplicate_of[k], local.similarity[k]) for k in np.flatnonzero(~local.keep)}
     assert len(expected) > 30
-    for blocks in (1, 2, 4):
+    for blocks in (1, 3):  # one block, and blocks that split the groups unevenly
         res = dedup_dataset(_dataset(ray_session, x, ids, blocks), T, CLUSTER)
         assert res.rows == len(x) and res.pairs == local.pairs
         assert {k: v[0] for k, v in res.duplicates.items()} == {k: v[0] for k, v in expected.items()}, blocks

@@ -368,7 +368,8 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     from engine.cli import main
 
     assert main(["synth", "--n", "0", "--out", str(tmp_path / "a")]) == 2
-    assert capsys.readouterr().err.strip() == "syncxr synth: error: --n must be at least 1, got 0"
+    assert capsys.readouterr().err.strip() == ("syncxr synth: error: argument --n: 0 is not an integer of at least 1 "
+                                               "(see syncxr synth --help)")
     cfg = small_config(tmp_path, qc={"bank": str(tmp_path / "no-bank")})
     assert main(["synth", "--config", str(cfg), "--n", "5", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

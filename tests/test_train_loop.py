@@ -95,45 +95,64 @@ def _tiny_run(tmp_path: Path, pairs: int, **top) -> tuple[Path, list[str]]:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_its_checkpoint_to_the_planned_step_count(tmp_path):
-    # 120 training pairs / batch 6 = 20 steps per epoch, 3 epochs = 60 planned steps
-    run, cmd = _tiny_run(tmp_path, 130, epochs=3, log_every_steps=1, optim={"lr": 1e-3})
+def test_a_stopped_or_killed_run_resumes_from_its_checkpoint_to_the_planned_step_count(tmp_path):
+    """SIGTERM (a scheduler's stop) ends the run cleanly: exit 143, one line, its checkpoint kept;
+    SIGKILL (a crash) loses only the steps after the last checkpoint; each rerun of the same
+    command resumes, and every planned step is trained exactly once."""
+    # 60 training pairs / batch 6 = 10 steps per epoch, 3 epochs = 30 planned steps
+    run, cmd = _tiny_run(tmp_path, 70, epochs=3, log_every_steps=1, optim={"lr": 1e-3})
     ray_tmp = Path(tempfile.mkdtemp(prefix="sxt-", dir="/tmp"))  # the child's Ray lives here (short socket paths)
     env = {**os.environ, "TMPDIR": str(ray_tmp)}
     env.pop("RAY_ADDRESS", None)
-    log = tmp_path / "first.log"
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        # kill mid-epoch 2: right after the first step past the first checkpoint
-        while not any(r.get("kind") == "step" and r["step"] > 20 for r in _records(run)):
-            assert proc.poll() is None, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
-            assert time.time() < deadline, "no step past the first checkpoint after 300 s"
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        for leftover in _descendants_with(str(ray_tmp)):
-            leftover.kill()
-    killed_at = max(r["step"] for r in _records(run))
-    checkpoints = sorted((run / "ray").glob("train/checkpoint_*/state.pt"))
-    saved_step = max(torch.load(c, weights_only=True)["step"] for c in checkpoints)
-    assert saved_step in (20, 40) and killed_at < 60 and not (run / "model").exists()
 
-    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    def run_until(past_step: int, how: signal.Signals) -> tuple[int, str]:
+        log = tmp_path / f"{how.name}.log"
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=log.open("w"))
+        try:
+            deadline = time.time() + 300
+            while not any(r.get("kind") == "step" and r["step"] > past_step for r in _records(run)):
+                assert proc.poll() is None, f"the run ended before it could be stopped: {log.read_text()[-3000:]}"
+                assert time.time() < deadline, f"no step past {past_step} after 300 s"
+                time.sleep(0.02)
+            if how == signal.SIGKILL:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.send_signal(how)  # the driver only, as `kill PID` does
+            rc = proc.wait(120)
+        finally:
+            for leftover in _descendants_with(str(ray_tmp)):
+                leftover.kill()
+        return rc, log.read_text()
+
+    def saved_steps() -> list[int]:
+        return sorted(torch.load(c, weights_only=True)["step"] for c in (run / "ray").glob("train/checkpoint_*/state.pt"))
+
+    try:
+        rc, err = run_until(10, signal.SIGTERM)  # in epoch 2
+        assert rc == 143, err[-3000:]
+        assert "syncxr train: terminated (SIGTERM); rerun the same command to resume" in err.splitlines()[-1]
+        assert "Traceback" not in err and "core dumped" not in err.lower()
+        assert saved_steps()[-1] >= 10 and not (run / "model").exists()
+        rc, _ = run_until(20, signal.SIGKILL)  # the rerun resumed; now killed in epoch 3
+        assert rc == -signal.SIGKILL
+        saved = saved_steps()[-1]
+        assert saved in (20, 30) and not (run / "model").exists()
+        third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     recs = _records(run)
     steps = [r["step"] for r in recs if r["kind"] == "step"]
-    assert steps == list(range(1, 61))  # every step once: the killed attempt's extra ones dropped
-    assert [(r["epoch"], r["step"]) for r in recs if r["kind"] == "epoch"] == [(1, 20), (2, 40), (3, 60)]
-    # the rerun printed only what it trained: it began at the step after the checkpoint
-    printed = [int(line.split("step ")[1].split("/")[0]) for line in second.stdout.splitlines()
+    assert steps == list(range(1, 31))  # every step once: the stopped attempts' extra ones dropped
+    assert [(r["epoch"], r["step"]) for r in recs if r["kind"] == "epoch"] == [(1, 10), (2, 20), (3, 30)]
+    # the last rerun printed only what it trained: it began at the step after the checkpoint
+    printed = [int(line.split("step ")[1].split("/")[0]) for line in third.stdout.splitlines()
                if line.startswith("  epoch ")]
-    assert printed[0] == saved_step + 1 and printed[-1] == 60
-    assert f"resuming after step {saved_step}" in second.stdout
+    if saved < 30:
+        assert printed[0] == saved + 1 and printed[-1] == 30
     summary = json.loads((run / "run.json").read_text())
-    assert summary["planned_steps"] == 60 and summary["final"]["step"] == 60
+    assert summary["planned_steps"] == 30 and summary["final"]["step"] == 30 and summary["kind"] == "train"
     from train.models import load_model
     assert load_model(run / "model").name == "convirt-resnet18-smallbert"
 

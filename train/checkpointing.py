@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from engine.core.errors import UserError
+
 STATE_FILE = "state.pt"
 PROGRESS_FILE = "progress.json"  # epoch and step beside the state: readable without loading weights
 
@@ -58,6 +60,23 @@ def restore(model, optimizer, scheduler) -> tuple[int, int]:
 
 def latest_checkpoint_step(storage: str | Path) -> int:
     """The step of the newest checkpoint under a run's Ray Train storage (0: none yet): where a
-    rerun resumes."""
-    steps = [json.loads(p.read_text())["step"] for p in Path(storage).glob("*/checkpoint_*/" + PROGRESS_FILE)]
-    return max(steps, default=0)
+    rerun resumes. Its state is read here, on the driver, so a damaged checkpoint is one line
+    naming its file instead of a failure inside a worker."""
+    steps = {}
+    for progress in Path(storage).glob("*/checkpoint_*/" + PROGRESS_FILE):
+        try:
+            steps[int(json.loads(progress.read_text())["step"])] = progress.parent
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{progress}: damaged checkpoint record: this run cannot resume; "
+                            "train into a new --out") from None
+    if not steps:
+        return 0
+    newest = max(steps)
+    try:
+        state = load_state(steps[newest])
+        if not all(k in state for k in ("model", "optimizer", "scheduler", "epoch", "step")):
+            raise ValueError("keys missing")
+    except Exception as exc:  # truncated, random bytes, another program's file: torch's own words mislead
+        raise UserError(f"{steps[newest] / STATE_FILE}: not a readable syncxr checkpoint ({type(exc).__name__}): "
+                        "this run cannot resume from it; train into a new --out") from None
+    return newest

@@ -122,6 +122,12 @@ class SearchSection(Section):
                 raise ValueError(f"ratio {r} outside [0, 1]")
         if not self.ratios:
             raise ValueError("at least one ratio")
+        for lr in self.lrs:  # every trial would fail on it, one after the other
+            if not lr > 0:
+                raise ValueError(f"lr {lr} must be greater than 0")
+        for name, grid in (("ratios", self.ratios), ("lrs", self.lrs)):
+            if len(set(grid)) != len(grid):  # one trial twice: a grid point counted double
+                raise ValueError(f"{name} {grid} repeat a value")
         return self
 
 

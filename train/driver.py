@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from engine.core.errors import UserError
+from engine.core.ownership import claim, input_digest, read_owner, update_marker, value_digest
 from train.checkpointing import latest_checkpoint_step
 from train.config import TrainConfig
 from train.data.pipeline import build_datasets, load_sources, plan_data, training_texts
@@ -82,23 +83,24 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
 
     from train.models import load_config
 
-    load_config(cfg.model.name, cfg.model.overrides or None)  # unknown name: the error lists known ones
+    model_config = load_config(cfg.model.name, cfg.model.overrides or None)  # unknown name: lists known ones
     run_dir = Path(run_dir).resolve()
+    synthetic, real = synthetic or cfg.data.synthetic, real or cfg.data.real
+    inputs = run_inputs(cfg, synthetic, real)
+    read_owner_of(run_dir, inputs)  # another command's or another run's directory: refused before any work
     check_resources(cfg, ray.cluster_resources(), reserved_cpus)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if not verbose:
         ray.data.DataContext.get_current().enable_progress_bars = False
-    sources = load_sources(cfg.data, synthetic or cfg.data.synthetic, real or cfg.data.real)
+    sources = load_sources(cfg.data, synthetic, real)
     plan = plan_data(cfg, sources)
     world = cfg.scaling.num_workers
     if plan.n_train < cfg.batch_size * world:
         raise UserError(f"batch_size {cfg.batch_size} x {world} workers is more than the {plan.n_train} training pairs")
-    (run_dir / "split.json").write_text(json.dumps({"train": plan.train, "val": plan.val}, indent=0))
-    model, init_dir = prepare_model(cfg, run_dir, training_texts(sources, plan))
-    resize_to = model.resize_to
-    del model
-    data = build_datasets(cfg, sources, plan, resize_to)
+    data = build_datasets(cfg, sources, plan, int(model_config["image"]["resize_to"]))
     check_decoded(data, cfg.batch_size, world)
+    claim(run_dir, "train", inputs)  # the first write: data that cannot train leaves nothing behind
+    (run_dir / "split.json").write_text(json.dumps({"train": plan.train, "val": plan.val}, indent=0))
+    _, init_dir = prepare_model(cfg, run_dir, training_texts(sources, plan))
     steps_per_epoch = data.n_valid // world // cfg.batch_size
     datasets = {train_shard_name(rank): shard for rank, shard in enumerate(data.train)}
     datasets["val"] = data.val
@@ -136,14 +138,27 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
         final = records[-1]  # Ray reports the metrics of the last checkpoint, not of the stop
     decoded = {"train_valid": data.n_valid, "train_undecodable": data.n_invalid, "val_undecodable": data.val_invalid,
                "first_error": data.first_error}
-    summary = {"config": cfg.model_dump(), "data": {**plan.summary(), "decoded": decoded},
-               "steps_per_epoch": steps_per_epoch,
-               "planned_steps": total_steps, "fit_seconds": seconds, "final": final}
-    (run_dir / "run.json").write_text(json.dumps(summary, indent=1, default=str))
+    update_marker(run_dir, config=cfg.model_dump(), data={**plan.summary(), "decoded": decoded},
+                  steps_per_epoch=steps_per_epoch, planned_steps=total_steps, fit_seconds=seconds, final=final)
     if final.get("nonfinite_step"):
         raise TrainingStopped(f"non-finite loss at step {final['nonfinite_step']}: stopped, "
                               f"the last good checkpoint is kept under {run_dir / 'ray'}")
     return final
+
+
+def run_inputs(cfg: TrainConfig, synthetic: Optional[str], real: Optional[str]) -> dict:
+    """What a training run is made from, for its directory's marker: a rerun with any of these
+    changed is another run (where Ray runs, `engine`, is not among them)."""
+    settings = cfg.model_dump(exclude={"engine"})
+    settings["data"].pop("synthetic"), settings["data"].pop("real")  # named by the data digests below
+    return {"config": value_digest(settings), "synthetic": input_digest(synthetic), "real": input_digest(real)}
+
+
+def read_owner_of(out: Path, inputs: dict, command: str = "train") -> None:
+    """Refuse now a directory `claim` would refuse later (so a bad --out costs no decoding)."""
+    theirs = read_owner(out)
+    if theirs is not None and (theirs.get("kind") != command or theirs.get("inputs") != inputs):
+        claim(out, command, inputs)  # raises, naming what differs
 
 
 def check_decoded(data, batch_size: int, world: int) -> None:

@@ -68,6 +68,8 @@ def common_total(cfg: TrainConfig, synthetic: Optional[str], real: Optional[str]
 
 
 def load_tune_config(path) -> tuple[TuneConfig, TrainConfig, Path]:
+    from pydantic import ValidationError
+
     from engine.core.config import load_yaml_model
     from train.data.pipeline import resolve_path
 
@@ -81,15 +83,20 @@ def load_tune_config(path) -> tuple[TuneConfig, TrainConfig, Path]:
             base["data"][key] = resolve_path(base["data"][key], Path(train_found).resolve().parent)
     try:
         cfg = TrainConfig.model_validate(deep_merge(base, tcfg.train))
-    except Exception as exc:  # pydantic: name the tune file and the field
-        from pydantic import ValidationError
-        if isinstance(exc, ValidationError):
-            err = exc.errors()[0]
-            raise ConfigError(f"{found}: field 'train.{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
-        raise
+    except ValidationError as exc:  # name the tune file and the field
+        err = exc.errors()[0]
+        raise ConfigError(f"{found}: field 'train.{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
     for key in ("synthetic", "real"):
         if key in tcfg.train.get("data", {}):
             setattr(cfg.data, key, resolve_path(getattr(cfg.data, key), base_dir))
+    for ratio in tcfg.search.ratios:  # the whole grid, before the first trial
+        for lr in tcfg.search.lrs or [cfg.optim.lr]:
+            try:
+                trial_train_config(cfg.model_dump(), ratio, lr, 1)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise ConfigError(f"{found}: trial ratio {ratio:g} lr {lr:g}: field "
+                                  f"'{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
     return tcfg, cfg, Path(found)
 
 
@@ -147,12 +154,15 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from train.driver import check_resources
+    from engine.core.ownership import claim, value_digest
+    from train.driver import check_resources, read_owner_of, run_inputs
 
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     synthetic = synthetic or cfg.data.synthetic
     real = real or cfg.data.real
+    inputs = {"sweep": value_digest(tcfg.model_dump(exclude={"train", "train_config"})),
+              **run_inputs(cfg, synthetic, real)}
+    read_owner_of(out, inputs, "tune")
     # every concurrent trial's driver function holds a sliver of CPU beside its workers
     reserved = TRIAL_DRIVER_CPU * tcfg.max_concurrent_trials
     check_resources(cfg, ray.cluster_resources(), reserved)
@@ -163,6 +173,7 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     ratios = list(tcfg.search.ratios)
     lrs = list(tcfg.search.lrs) or [cfg.optim.lr]
     total = common_total(cfg, synthetic, real, ratios)
+    claim(out, "tune", inputs)  # the first write: a sweep that cannot start leaves nothing behind
     metric = cfg.validation.metric
     # max_t one past the last epoch: ASHA stops a trial at max_t, which would kill it between its
     # last report and the final model save; a trial that gets there ends by itself instead
@@ -176,6 +187,9 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
           f"{cfg.epochs} epochs, ASHA {'on' if tcfg.asha.enabled else 'off'} ({metric}, {tcfg.mode})", flush=True)
     if not verbose:  # Tune's newer console output ignores verbose=0: the legacy one honours it
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C reaches our CLI (exit 130, one line) instead of Tune's own handler, whose partial
+    # result grid has trials without a config; each trial's checkpoints stay on disk
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     tuner = tune.Tuner(
         # the trial function only drives its TorchTrainer, whose workers hold the CPUs (Tune
         # refuses a trial of zero resources)
@@ -210,7 +224,7 @@ def collect_rows(grid, metric: str, mode: str, epochs: int) -> list[dict]:
             "val_loss_last": last.get("val_loss", float("nan")),
             "error": (str(result.error).strip().splitlines() or [""])[-1] if result.error else "",
         })
-    return sorted(rows, key=lambda r: (r["ratio"], r["lr"]))
+    return sorted(rows, key=lambda r: (r["ratio"] is None, r["ratio"] or 0.0, r["lr"] or 0.0))
 
 
 def write_results(rows: list[dict], out: Path, metric: str) -> None:

@@ -3,8 +3,8 @@ the figures printed as it goes: corpus entities, a balanced plan, a QC bank, a s
 dataset, ConVIRT pretraining on it, and zero-shot evaluation on the phantom test set. Each step
 is also a `syncxr` subcommand (entities, plan, qc-bank, synth, train, eval).
 
-The demo is the CLI's composition root: it runs the training and evaluation commands by name, as
-a user would, and reads the dataset only through what they write."""
+It runs the engine's steps through their public functions and the training and evaluation
+commands by name, as a user would, reading the dataset only through what they write."""
 from __future__ import annotations
 
 import argparse
@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 from engine.cli.commands.entities import format_long_tail
-from engine.text.vocabulary import write_entities
 from engine.cli.commands.plan import format_plan_stats
-from engine.plan.write import write_plan
+from engine.core.arg_types import positive_int
 from engine.core.config import load_config
 from engine.core.errors import UserError
+from engine.plan.write import write_plan
+from engine.text.vocabulary import write_entities
 
 
 def step(title: str) -> float:
@@ -123,10 +124,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default=None)
     ap.add_argument("--out", default="out/demo")
-    ap.add_argument("--n-plan", type=int, default=2000)
-    ap.add_argument("--n-synth", type=int, default=2000)
+    ap.add_argument("--n-plan", type=positive_int, default=2000)
+    ap.add_argument("--n-synth", type=positive_int, default=2000)
     ap.add_argument("--train-config", default="train-demo.yaml", help="a training config: a name in configs/ or a path")
-    ap.add_argument("--eval-per-class", type=int, default=200, help="phantom test images per finding")
+    ap.add_argument("--eval-per-class", type=positive_int, default=200, help="phantom test images per finding")
     args = ap.parse_args(argv)
     try:
         run(args.config, Path(args.out), args.n_plan, args.n_synth, args.train_config, args.eval_per_class)

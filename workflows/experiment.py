@@ -24,6 +24,7 @@ from pydantic import Field, field_validator
 
 from engine.core.config import Section, beside, deep_merge, load_config, load_yaml_model
 from engine.core.files import save_figure, write_json, write_text
+from engine.core.ownership import claim, value_digest
 from engine.dataset import open_dataset, report_text
 
 ARMS = ("real", "synthetic", "mixed-concat", "mixed-ratio")
@@ -234,7 +235,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, log=print) -> dict:
     from train.driver import run_training
 
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    # a rerun of the same experiment reuses its finished datasets and runs; another one needs another DIR
+    claim(out, "experiment", {"config": value_digest(cfg.model_dump())})
     started = time.time()
     log(f"1/4 synthetic dataset ({cfg.n} pairs, balanced plan, full QC)")
     synthetic = synth(Path(cfg.synth_config), cfg.n, out / "data" / "synthetic")

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import pkgutil
 import re
+import signal
 import sys
 import textwrap
 import warnings
@@ -22,8 +23,15 @@ from engine.core.errors import UserError
 COMMAND_PACKAGES = ("engine.cli.commands", "train.commands", "eval.commands", "workflows.commands")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad argument is one line on stderr (no usage block), exit 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="syncxr", description="Synthetic chest X-ray data engine (SynCXR).")
+    parser = OneLineParser(prog="syncxr", description="Synthetic chest X-ray data engine (SynCXR).")
     parser.add_argument("--version", action="version", version=f"syncxr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for package_name in COMMAND_PACKAGES:
@@ -35,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
             importlib.import_module(f"{package_name}.{info.name}").register(sub)
     for command in sub.choices.values():
         codes = {0: "success", 2: "bad input or a failed check: one line on stderr naming the file, field or row",
-                 **getattr(command, "exit_codes", {}), 130: "interrupted"}
+                 **getattr(command, "exit_codes", {}), 130: "interrupted (Ctrl-C)",
+                 143: "terminated (SIGTERM); what was done is kept"}
         command.formatter_class = argparse.RawDescriptionHelpFormatter
         paragraphs = (command.description or "").split("\n\n")  # filled one by one, kept apart
         command.description = "\n\n".join(textwrap.fill(p, 100) for p in paragraphs if p.strip())
@@ -120,23 +129,59 @@ def explain(exc: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a bad argument (2, its line already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     if not getattr(args, "verbose", False):
         warnings.filterwarnings("ignore", module="ray")  # Ray's own deprecation notes; --verbose shows them
+    previous = _stop_on_sigterm()
     try:
         return args.func(args) or 0
     except UserError as exc:
         print(f"syncxr {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"syncxr {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        return _stopped(args.command, exc)
     except Exception as exc:
+        stop = next((e for e in _causes(exc) if isinstance(e, KeyboardInterrupt)), None)
+        if stop is not None:  # the signal surfaced wrapped in another error (inside Ray's C++ calls)
+            return _stopped(args.command, stop)
         line = explain(exc)
         if line is None:
             raise
         print(f"syncxr {args.command}: error: {line}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(command: str, signal_exc: KeyboardInterrupt) -> int:
+    terminated = isinstance(signal_exc, Terminated)
+    print(f"syncxr {command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; "
+          "rerun the same command to resume", file=sys.stderr)
+    return 143 if terminated else 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C's KeyboardInterrupt is (a subclass, so Ray's
+    blocking calls, which let KeyboardInterrupt through, let it through too)."""
+
+
+def _stop_on_sigterm():
+    """SIGTERM unwinds the command like Ctrl-C (files closed, Ray shut down, what is done kept)
+    instead of killing the process mid-write; a second SIGTERM kills at once. -> the old handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from engine.cluster.placement import Request
 from engine.core.config import ScalingSection, beside, deep_merge, validate_model
 from engine.core.errors import ConfigError
+from engine.core.registry import Registry
 from engine.core.yaml_file import read_yaml
 
 WRITER_CPUS = 0.1  # engine.synth's part writer: one actor on the driver's node
@@ -28,7 +29,18 @@ STAGE_PATHS = (("reports", "reports"), ("images", "images"), ("qc.embedder", "qc
 VLLM_BACKENDS = {("reports", "vllm"), ("qc.judge", "mllm")}  # ray.data.llm engines: tp*pp GPUs per replica
 
 
+EXPERIMENT_KEYS = {"arms", "seeds", "synth_config", "real_like"}
+# the function each command reads its config with (an import path: the engine names train's and
+# workflows' readers without importing them), so check-cluster refuses what the command would
+CONFIG_READERS = Registry("config kind")
+CONFIG_READERS.register("train", "train.config:load_train_config")
+CONFIG_READERS.register("tune", "train.tune:load_tune_config")
+CONFIG_READERS.register("experiment", "workflows.experiment:load_experiment_config")
+
+
 def config_kind(raw: dict) -> str:
+    if EXPERIMENT_KEYS & set(raw):
+        return "experiment"
     if TUNE_KEYS & set(raw):
         return "tune"
     if TRAIN_KEYS & set(raw):
@@ -157,12 +169,21 @@ def config_requests(path: str | Path, entrypoint_resources: dict[str, float] | N
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     kind = config_kind(raw)
+    loaded = CONFIG_READERS.get(kind)(path) if kind in CONFIG_READERS else None  # the command's own checks
     if kind == "engine":
         reqs = engine_requests(raw, str(path))
         reqs.append(driver_request(entrypoint_resources or {}, entrypoint_num_cpus, head))
     elif kind == "train":
         reqs = [scaling_request(raw.get("scaling") or {}, "train.scaling", f"{path}: scaling")]
-    else:
+    elif kind == "tune":
         trials = int(raw.get("max_concurrent_trials", 1))
         reqs = [scaling_request(tune_scaling(raw, path), "tune trial workers", f"{path}: train.scaling", trials)]
+    else:  # an experiment: both datasets through the engine, then one training run at a time
+        exp, _ = loaded
+        synth = find_config_file(exp.synth_config)
+        reqs = engine_requests(read_yaml(synth, "config", ConfigError) or {}, str(synth))
+        reqs.append(driver_request(entrypoint_resources or {}, entrypoint_num_cpus, head))
+        train_raw = deep_merge(read_yaml(exp.train_config, "training config", ConfigError) or {}, exp.train)
+        reqs.append(scaling_request(train_raw.get("scaling") or {}, "experiment training",
+                                    f"{exp.train_config}: scaling"))
     return kind, reqs

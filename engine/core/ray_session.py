@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -202,6 +203,9 @@ def init_ray(engine_cfg, address: str | None = None, verbose: bool = False):
         quiet_ray_logs()
     address = cluster_address(engine_cfg, address)
     level = logging.ERROR if quiet else logging.INFO
+    # Ray's core installs a native SIGTERM handler in the driver that dumps a stack and aborts
+    # (exit 134); the command's own handler (engine/cli: a clean stop, exit 143) is put back after
+    sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         probe_address(address)
         try:
@@ -215,6 +219,8 @@ def init_ray(engine_cfg, address: str | None = None, verbose: bool = False):
         ray.init(address="local", num_cpus=engine_cfg.num_cpus, include_dashboard=False,
                  _temp_dir=temp_dir, log_to_driver=not quiet, logging_level=level)
         atexit.register(_shutdown_and_clean, ray, temp_dir)
+    if callable(sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)
     if quiet:
         quiet_ray_data()
     return ray

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from engine.core.errors import UserError
 from engine.core.files import RECORDS, file_record, record_path, sha256_file, write_json, write_record
+from engine.core.ownership import MARKER_FORMAT
 from engine.synth.layout import RunLayout
 
-MARKER_FORMAT = "syncxr-run/1"
 
 # ---------------------------------------------------------------- fault points
 
@@ -266,6 +266,8 @@ def read_marker(out: Path) -> dict | None:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{marker}: unreadable run marker ({type(exc).__name__}): this directory's "
                         "identity is lost; use another --out") from None
+    if isinstance(data, dict) and data.get("kind") not in (None, "synth", "plan"):
+        raise UserError(f"{out} holds the output of `syncxr {data['kind']}`, not a synth run: use another --out")
     if not isinstance(data, dict) or "config_digest" not in data or "n" not in data:
         raise UserError(f"{marker}: not a syncxr run marker (no config_digest/n): use another --out")
     data.setdefault("kind", "synth")

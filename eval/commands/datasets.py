@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.core.arg_types import nonneg_int, positive_int
+
 
 def register(sub) -> None:
     from eval.datasets import DATASETS
@@ -18,30 +20,31 @@ def register(sub) -> None:
     p.add_argument("name", help="dataset name: " + ", ".join(DATASETS))
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--imgpath", default=None, help="dataset root to check (public) or to draw into (phantom)")
-    p.add_argument("--n", type=int, default=None, help="at most N rows per split (phantom: N per class and split)")
-    p.add_argument("--seed", type=int, default=0, help="split and sampling seed (default 0)")
-    p.add_argument("--size", type=int, default=256, help="phantom image size in pixels (default 256)")
+    p.add_argument("--n", type=positive_int, default=None, help="at most N rows per split (phantom: N per class and split)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="split and sampling seed (default 0)")
+    p.add_argument("--size", type=positive_int, default=256, help="phantom image size in pixels (default 256)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from engine.core.errors import UserError
+    from engine.core.ownership import check_file_out, claim
     from eval.datasets import build_dataset
     from eval.datasets.base import image_paths
 
-    if args.n is not None and args.n < 1:
-        raise UserError(f"--n must be at least 1, got {args.n}")
+    out = check_file_out(args.out, [args.imgpath], args.overwrite)
     options = {"size": args.size} if args.name.startswith("phantom") else {}
     ds = build_dataset(args.name, n=args.n, seed=args.seed, **options)
     note = ""
-    if args.imgpath and ds.render is not None:
+    if args.imgpath and ds.render is not None:  # drawn into a folder this command owns
+        claim(args.imgpath, "datasets", {"name": args.name, "n": args.n, "seed": args.seed, "size": args.size})
         note = f"; images and masks drawn into {write_phantom(ds, Path(args.imgpath))}"
     elif args.imgpath:
         image_paths(ds, ds.table, args.imgpath)  # one error line when any is missing
         note = f"; all {len(ds.table)} images found under {args.imgpath}"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ds.table.to_csv(out, index=False)
+    tmp = out.with_name(f".{out.name}.tmp")
+    ds.table.to_csv(tmp, index=False)
+    tmp.replace(out)  # whole or absent
     counts = ds.table["split"].value_counts()
     split_text = ", ".join(f"{s} {int(counts.get(s, 0))}" for s in ("train", "valid", "test") if counts.get(s))
     print(f"{ds.name}: {len(ds.table)} rows ({split_text}), classes: {', '.join(ds.classes)} -> {out}{note}")

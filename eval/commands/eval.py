@@ -1,6 +1,8 @@
 """`syncxr eval`: checkpoints side by side on one dataset and task (eval/evaluate.py)."""
 from __future__ import annotations
 
+from engine.core.arg_types import nonneg_int, positive_int
+
 
 def register(sub) -> None:
     from eval.datasets import DATASETS
@@ -19,27 +21,25 @@ def register(sub) -> None:
     p.add_argument("--task", required=True, choices=TASKS, help="what to evaluate")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--imgpath", default=None, help="the dataset's image root (public datasets)")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=positive_int, default=None,
                    help="at most N images per split (phantom: N per class and split; default: all / 200)")
-    p.add_argument("--seed", type=int, default=0, help="split, subset and training seed (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="split, subset and training seed (default 0)")
     p.add_argument("--expect-model", default=None,
                    help="model name every checkpoint must hold (e.g. convirt-resnet18-smallbert)")
-    p.add_argument("--phantom-size", type=int, default=256, help="phantom image size in pixels (default 256)")
-    p.add_argument("--epochs", type=int, default=10, help="segmentation training epochs (default 10)")
-    p.add_argument("--batch-size", type=int, default=32, help="inference batch size (default 32)")
+    p.add_argument("--phantom-size", type=positive_int, default=256, help="phantom image size in pixels (default 256)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="segmentation training epochs (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="inference batch size (default 32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation with other inputs in --out")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from engine.core.errors import UserError
     from eval.evaluate import evaluate
 
-    if args.n is not None and args.n < 1:
-        raise UserError(f"--n must be at least 1, got {args.n}")
     options = {"size": args.phantom_size} if args.dataset.startswith("phantom") else {}
     results = evaluate(args.checkpoint, args.dataset, args.task, args.out, imgpath=args.imgpath, n=args.n,
                        seed=args.seed, expect_model=args.expect_model, dataset_options=options,
-                       epochs=args.epochs, batch_size=args.batch_size)
+                       overwrite=args.overwrite, epochs=args.epochs, batch_size=args.batch_size)
     from eval.report import markdown_table
 
     print(markdown_table(results), end="")

@@ -1,7 +1,7 @@
 """`syncxr embed`: image and text embeddings of a dataset under a trained model."""
 from __future__ import annotations
 
-from pathlib import Path
+from engine.core.arg_types import positive_int
 
 DESCRIPTION = """\
 Embed every pair of a dataset with a trained model: --checkpoint is a `syncxr train` run
@@ -18,7 +18,8 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="a `syncxr train` run directory or a saved model directory")
     p.add_argument("--data", required=True, help="a `syncxr synth` dataset directory, or table:/mimic:/openi: SPEC")
     p.add_argument("--out", required=True, help="output Parquet file")
-    p.add_argument("--batch-size", type=int, default=64, help="pairs per forward pass (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="pairs per forward pass (default 64)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     p.set_defaults(func=run)
 
 
@@ -56,23 +57,25 @@ def run(args) -> int:
     import pyarrow.parquet as pq
 
     from engine.core.errors import UserError
+    from engine.core.ownership import check_file_out
     from train.data.sources import REAL_KINDS, real_source, synthetic_source
     from train.models import load_model, model_dir
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out = check_file_out(args.out, [args.data, args.checkpoint], args.overwrite)
     model = load_model(model_dir(args.checkpoint))
     kind = args.data.partition(":")[0]
     source = real_source(args.data) if kind in REAL_KINDS and ":" in args.data else synthetic_source(args.data)
     ids, image_emb, text_emb, skipped = embed_source(model, source, args.batch_size)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not ids:
+        raise UserError(f"--data {args.data}: no image decodes ({skipped} rows); nothing to embed")
     dim = image_emb.shape[1] if len(ids) else 0
     table = pa.table({
         "sample_id": pa.array(ids, pa.string()),
         "image_embedding": pa.FixedSizeListArray.from_arrays(pa.array(image_emb.reshape(-1).astype(np.float32)), dim),
         "text_embedding": pa.FixedSizeListArray.from_arrays(pa.array(text_emb.reshape(-1).astype(np.float32)), dim),
     })
-    pq.write_table(table, out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)  # whole or absent
     print(f"{len(ids)} pairs embedded ({dim}-d) -> {out}" + (f"; {skipped} images did not decode, left out" if skipped else ""))
     return 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from train.data.sources import REAL_HELP
+
 DESCRIPTION = """\
 Pretrain a vision-language model (ConVIRT or GLoRIA) with Ray Train on a synthetic dataset
 (--synthetic, a `syncxr synth` run), real pairs (--real table:PATH | mimic:ROOT | openi:PNGDIR)
@@ -21,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--config", default="configs/train-local.yaml", help="training YAML (default: configs/train-local.yaml)")
     p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("--synthetic", default=None, help="a `syncxr synth` dataset directory (overrides data.synthetic)")
-    p.add_argument("--real", default=None, help="real pairs: table:PATH, mimic:ROOT or openi:PNGDIR (overrides data.real)")
+    p.add_argument("--real", default=None, help=REAL_HELP)
     p.add_argument("--address", default=None, help="Ray address of an existing cluster (default: an embedded Ray)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own logs and progress bars")
     p.exit_codes = EXIT_CODES

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from train.data.sources import REAL_HELP
+
 DESCRIPTION = """\
 Sweep the synthetic fraction of a fixed-size training set (grid `search.ratios`) and the
 learning rate (grid `search.lrs`) with Ray Tune; every trial is a Ray Train run of the training
@@ -20,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--config", default="configs/tune-local.yaml", help="tune YAML (default: configs/tune-local.yaml)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--synthetic", default=None, help="a `syncxr synth` dataset directory (overrides the config)")
-    p.add_argument("--real", default=None, help="real pairs: table:PATH, mimic:ROOT or openi:PNGDIR (overrides the config)")
+    p.add_argument("--real", default=None, help=REAL_HELP)
     p.add_argument("--address", default=None, help="Ray address of an existing cluster (default: an embedded Ray)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output")
     p.exit_codes = EXIT_CODES

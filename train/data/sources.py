@@ -288,6 +288,10 @@ def openi_source(png_dir: str | Path, frontal_only: bool = True) -> Source:
 # --- --real SPEC ---------------------------------------------------------------------------
 
 REAL_KINDS = ("table", "mimic", "openi")
+# what `--real` accepts, for every command that takes it
+REAL_HELP = ("real pairs: table:PATH (CSV or Parquet with columns image_path and report, optional sample_id; "
+             "image paths relative to the table; data.real_image_column / data.real_text_column name other "
+             "columns), mimic:ROOT (MIMIC-CXR-JPG) or openi:PNGDIR")
 
 
 def real_source(spec: str, image_column: str = "image_path", text_column: str = "report") -> Source:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+from engine.core.arg_types import nonneg_float
 from engine.core.errors import UserError
 
 
@@ -23,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--entrypoint-resources", default=None,
                    help="JSON, as given to `ray job submit`: the node type holding these runs the synth driver "
                         "(default: the head)")
-    p.add_argument("--entrypoint-num-cpus", type=float, default=0.0, help="as given to `ray job submit`")
+    p.add_argument("--entrypoint-num-cpus", type=nonneg_float, default=0.0, help="as given to `ray job submit`")
     p.add_argument("--no-security", action="store_true", help="skip the dashboard/token/pinning checks")
     p.set_defaults(func=run)
 

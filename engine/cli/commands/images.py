@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from engine.cli.args import backend_overrides, command_parser
+from engine.core.arg_types import nonneg_int, positive_int
 from engine.core.config import load_config
 from engine.core.errors import UserError
 
@@ -16,8 +17,8 @@ def register(sub) -> None:
                        out_help='output directory')
     p.add_argument("--reports", required=True, help="reports.parquet from `syncxr reports` (a plan.parquet works for phantom)")
     backend_overrides(p, "images", "phantom, diffusers", "diffusers: pipeline directory or hub id")
-    p.add_argument("--size", type=int, default=None, help="override images.size")
-    p.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    p.add_argument("--size", type=positive_int, default=None, help="override images.size")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N rows")
     p.set_defaults(func=run_images_command)
 
     q = sub.add_parser("phantom", help="draw one phantom CXR from an entity list",
@@ -25,8 +26,8 @@ def register(sub) -> None:
     q.add_argument("--entities", required=True,
                    help='JSON list, e.g. \'[{"text": "pleural effusion", "type": "ABNORMALITY"}, '
                         '{"text": "left lung base", "type": "ANATOMY"}]\'')
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--size", type=int, default=256)
+    q.add_argument("--seed", type=nonneg_int, default=0)
+    q.add_argument("--size", type=positive_int, default=256)
     q.add_argument("--out", required=True, help="PNG file to write")
     q.add_argument("--overlay", action="store_true", help="also write <out>.overlay.png with mask outlines")
     q.set_defaults(func=run_phantom_command)
@@ -46,8 +47,6 @@ def run_images_command(args) -> int:
     overrides = {k: v for k, v in (("backend", args.backend), ("model", args.model), ("size", args.size))
                  if v is not None}
     cfg = load_config(args.config, overrides={"images": overrides} if overrides else None)
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {args.limit}")
     summary = run_images(cfg, Path(args.reports), Path(args.out), limit=args.limit, verbose=args.verbose)
     (Path(args.out) / "images_summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.core.arg_types import positive_int
 from engine.core.config import load_config
 from engine.text.vocabulary import read_entity_table
 
@@ -11,19 +12,16 @@ def register(sub) -> None:
     p = sub.add_parser("plan", help="sample a balanced entity plan (plan.parquet)",
                        description='Samples N entity sets in a balanced way (k clinical + m anatomy entities each, a global cap per entity, no contradictory pairs). Writes OUT/plan.parquet (sample_id, entities, seed), OUT/plan_stats.json and OUT/plan_balance.png (with the corpus entity table unless --entities is given) and claims OUT for this plan (OUT/run.json); `syncxr synth` with the same settings and --out continues from it. OUT must be new, empty or a plan directory with the same settings: the directory of a synth run is never rewritten.')
     p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
-    p.add_argument("--n", type=int, required=True, help="number of samples")
+    p.add_argument("--n", type=positive_int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--entities", default=None, help="reuse an entities.parquet instead of extracting the corpus")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from engine.core.errors import UserError
     from engine.synth.integrity import check_out_arg, identity
     from engine.synth.run import owned_run, settle_plan
 
-    if args.n < 1:
-        raise UserError(f"--n must be at least 1, got {args.n}")
     out = check_out_arg(args.out)
     cfg = load_config(args.config)
     table = read_entity_table(Path(args.entities)) if args.entities else None

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.cli.args import command_parser
+from engine.core.arg_types import positive_int
 from engine.core.config import load_config
 from engine.core.errors import UserError
 
@@ -27,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--images", required=True, help="a directory of PNG/JPEG files or an images.parquet")
     p.add_argument("--keep", choices=["problematic", "all"], default="problematic",
                    help="store only the images the judge flags (default) or every image, unjudged")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
     p.add_argument("--address", default=None, help="Ray address (default: engine.address or an embedded Ray)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bank at --out")
     p.set_defaults(func=run)

@@ -1,6 +1,7 @@
 """`syncxr synth`: a plan in, a finished quality-controlled dataset out (engine/synth/run.py)."""
 from __future__ import annotations
 
+from engine.core.arg_types import positive_int
 from engine.core.config import load_config
 
 
@@ -8,7 +9,7 @@ def register(sub) -> None:
     p = sub.add_parser("synth", help="plan -> reports -> images -> QC -> dataset, in rounds, resumable",
                        description='The whole engine: plans N samples, then in rounds writes reports, checks them, draws images, judges and embeds them, filters against the QC bank, removes near-duplicates and images too close to real training images, and regenerates what was rejected, up to engine.max_rounds. Writes OUT/data/ (the published dataset, format syncxr-dataset/1), OUT/rejected/, OUT/embeddings/, OUT/manifest.json and OUT/DATACARD.md with plots. Kill it at any moment and rerun the same command: it resumes, after checking every file it reuses against its record (a missing or damaged staged part is recomputed). OUT must be new, empty, a plan directory with the same settings or the directory of this same run (run.json): syncxr never writes into another run or a directory it did not create.')
     p.add_argument("--config", default=None, help="YAML config (default: configs/local.yaml)")
-    p.add_argument("--n", type=int, required=True, help="number of samples to plan and synthesize")
+    p.add_argument("--n", type=positive_int, required=True, help="number of samples to plan and synthesize")
     p.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     p.add_argument("--address", default=None,
                    help="Ray address of an existing cluster (default: engine.address, RAY_ADDRESS, else an embedded Ray)")
@@ -17,11 +18,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from engine.core.errors import UserError
     from engine.synth.run import run_synth
 
-    if args.n < 1:
-        raise UserError(f"--n must be at least 1, got {args.n}")
     from engine.synth.integrity import check_out_arg
 
     out = check_out_arg(args.out)
