@@ -96,9 +96,9 @@ def _tiny_run(tmp_path: Path, pairs: int, **top) -> tuple[Path, list[str]]:
 
 @pytest.mark.slow
 def test_a_stopped_or_killed_run_resumes_from_its_checkpoint_to_the_planned_step_count(tmp_path):
-    """SIGTERM (a scheduler's stop) ends the run cleanly: exit 143, one line, its checkpoint kept;
-    SIGKILL (a crash) loses only the steps after the last checkpoint; each rerun of the same
-    command resumes, and every planned step is trained exactly once."""
+    """SIGTERM (a scheduler's stop) ends the run cleanly: exit 143, one line, its checkpoint kept
+    and the steps after it dropped, as after a crash; the rerun of the same command resumes, and
+    every planned step is trained exactly once."""
     # 60 training pairs / batch 6 = 10 steps per epoch, 3 epochs = 30 planned steps
     run, cmd = _tiny_run(tmp_path, 70, epochs=3, log_every_steps=1, optim={"lr": 1e-3})
     ray_tmp = Path(tempfile.mkdtemp(prefix="sxt-", dir="/tmp"))  # the child's Ray lives here (short socket paths)
@@ -115,10 +115,7 @@ def test_a_stopped_or_killed_run_resumes_from_its_checkpoint_to_the_planned_step
                 assert proc.poll() is None, f"the run ended before it could be stopped: {log.read_text()[-3000:]}"
                 assert time.time() < deadline, f"no step past {past_step} after 300 s"
                 time.sleep(0.02)
-            if how == signal.SIGKILL:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                proc.send_signal(how)  # the driver only, as `kill PID` does
+            proc.send_signal(how)  # the driver only, as `kill PID` does
             rc = proc.wait(120)
         finally:
             for leftover in _descendants_with(str(ray_tmp)):
@@ -133,11 +130,8 @@ def test_a_stopped_or_killed_run_resumes_from_its_checkpoint_to_the_planned_step
         assert rc == 143, err[-3000:]
         assert "syncxr train: terminated (SIGTERM); rerun the same command to resume" in err.splitlines()[-1]
         assert "Traceback" not in err and "core dumped" not in err.lower()
-        assert saved_steps()[-1] >= 10 and not (run / "model").exists()
-        rc, _ = run_until(20, signal.SIGKILL)  # the rerun resumed; now killed in epoch 3
-        assert rc == -signal.SIGKILL
         saved = saved_steps()[-1]
-        assert saved in (20, 30) and not (run / "model").exists()
+        assert saved in (10, 20) and not (run / "model").exists()
         third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -149,8 +143,7 @@ def test_a_stopped_or_killed_run_resumes_from_its_checkpoint_to_the_planned_step
     # the last rerun printed only what it trained: it began at the step after the checkpoint
     printed = [int(line.split("step ")[1].split("/")[0]) for line in third.stdout.splitlines()
                if line.startswith("  epoch ")]
-    if saved < 30:
-        assert printed[0] == saved + 1 and printed[-1] == 30
+    assert printed[0] == saved + 1 and printed[-1] == 30
     summary = json.loads((run / "run.json").read_text())
     assert summary["planned_steps"] == 30 and summary["final"]["step"] == 30 and summary["kind"] == "train"
     from train.models import load_model

@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 import textwrap
+import threading
 import warnings
 
 from engine import __version__
@@ -161,10 +162,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stopped(command: str, signal_exc: KeyboardInterrupt) -> int:
-    terminated = isinstance(signal_exc, Terminated)
+    # Ray may re-raise the handler's exception as a plain KeyboardInterrupt: the flag is what counts
+    terminated = isinstance(signal_exc, Terminated) or _sigterm_received.is_set()
     print(f"syncxr {command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; "
           "rerun the same command to resume", file=sys.stderr)
     return 143 if terminated else 130
+
+
+_sigterm_received = threading.Event()
 
 
 class Terminated(KeyboardInterrupt):
@@ -175,13 +180,12 @@ class Terminated(KeyboardInterrupt):
 def _stop_on_sigterm():
     """SIGTERM unwinds the command like Ctrl-C (files closed, Ray shut down, what is done kept)
     instead of killing the process mid-write; a second SIGTERM kills at once. -> the old handler."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigterm_received.set()
         raise Terminated()
 
     return signal.signal(signal.SIGTERM, handler)
