@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,10 +124,8 @@ def build_cases(work: Path) -> list[Case]:
     truncated = work / "model-truncated"
     random_bytes = work / "model-random"
     for bad, content in ((truncated, lambda b: b[:200]), (random_bytes, lambda b: os.urandom(512))):
-        bad.mkdir()
-        for f in model_dir.iterdir():
-            data = f.read_bytes()
-            (bad / f.name).write_bytes(content(data) if f.name == "weights.pt" else data)
+        shutil.copytree(model_dir, bad)
+        (bad / "weights.pt").write_bytes(content((bad / "weights.pt").read_bytes()))
     # a finished-looking synth run, a tune sweep and a train run of other inputs, a user's folder
     synth_run = marker(work / "synth-run", "synth", {}, {"manifest.json": "{}"})
     (synth_run / "run.json").write_text(json.dumps({"syncxr": "syncxr-run/1", "kind": "synth",
@@ -157,6 +156,7 @@ def build_cases(work: Path) -> list[Case]:
     exp = {name: write_yaml(work / f"exp-{name}.yaml", {"n": 20, **body}) for name, body in {
         "no-seeds": {"seeds": []}, "no-arms": {"arms": []}, "same-seed": {"seeds": [0, 0]},
         "bad-train-key": {"train": {"optim": {"lrr": 1}}}}.items()}
+    real_only = write_yaml(work / "real-only.yaml", {**tiny, "data": {**tiny["data"], "mix": {"mode": "real"}}})
     rejected_train = write_yaml(work / "rejected-train.yaml", {**tiny, "optim": {"lr": -1}})
     syn_s, table_s = str(syn), f"table:{table}"
     t = ["train", "--config", str(train_cfg)]
@@ -173,7 +173,8 @@ def build_cases(work: Path) -> list[Case]:
         Case("train rerun into a run of other data", [*t, "--synthetic", syn_s, "--out", str(trained)],
              [trained / "run.json", trained / "metrics.jsonl"]),
         Case("train --out a user's folder", [*t, "--synthetic", syn_s, "--out", str(users)], [users / "summary.json"]),
-        Case("train --real table whose images are all missing", [*t, "--real", f"table:{missing_images}",
+        Case("train --real table whose images are all missing", ["train", "--config", str(real_only), "--real",
+             f"table:{missing_images}",
              "--out", str(work / "r-missing")]),
         Case("train validation.metric val_i2t_r100", ["train", "--config", str(bad_metric), "--synthetic", syn_s,
              "--out", str(work / "r-metric")]),
