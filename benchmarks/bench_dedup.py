@@ -31,7 +31,6 @@ import math
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,9 @@ from benchmarks import write_results
 
 RESULTS = Path(__file__).parent / "results" / "dedup.md"
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from local_head import agent_port_args, free_ports, kill_all, processes_of  # noqa: E402
 DIM = 768
 THRESHOLD = 0.97
 CHUNK = 100_000
@@ -237,19 +239,13 @@ def run_method(data_path: Path, method: str, out_dir: Path, extra: str = "") -> 
 
 # ---------------------------------------------------------------- a two-node local Ray cluster
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalCluster:
     """ray start --head + ray start --address on loopback, own ports and temp dir, 1 CPU each;
     stopped by the PIDs of the processes that name our temp dir or port (never `ray stop`)."""
 
     def __init__(self, object_store_mb: int = 3000):
         self.temp = tempfile.mkdtemp(prefix="sxd-", dir="/tmp")
-        self.port = _free_port()
+        self.port, self.client_port = free_ports(2)
         self.address = f"127.0.0.1:{self.port}"
         self.store = object_store_mb * 2 ** 20
         bindir = Path(sys.executable).parent
@@ -258,16 +254,12 @@ class LocalCluster:
         self.env.pop("RAY_ADDRESS", None)
         self.ray = str(bindir / "ray")
 
-    def _agents(self) -> list[str]:
-        return [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                         "metrics-export-port", "runtime-env-agent-port")]
-
     def __enter__(self):
         common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", f"--object-store-memory={self.store}",
                   "--disable-usage-stats"]
         head = [self.ray, "start", "--head", f"--port={self.port}", "--include-dashboard=false",
-                f"--ray-client-server-port={_free_port()}", f"--temp-dir={self.temp}", *common, *self._agents()]
-        node = [self.ray, "start", f"--address={self.address}", *common, *self._agents()]
+                f"--ray-client-server-port={self.client_port}", f"--temp-dir={self.temp}", *common, *agent_port_args()]
+        node = [self.ray, "start", f"--address={self.address}", *common, *agent_port_args()]
         for cmd in (head, node):
             done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=240)
             if done.returncode != 0:
@@ -277,28 +269,7 @@ class LocalCluster:
         return self
 
     def __exit__(self, *exc):
-        import psutil
-
-        roots = []
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                line = " ".join(proc.info["cmdline"] or [])
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            if self.temp in line or f":{self.port}" in line:
-                roots.append(proc)
-        procs = {p.pid: p for p in roots}
-        for p in roots:
-            try:
-                procs.update({c.pid: c for c in p.children(recursive=True)})
-            except psutil.NoSuchProcess:
-                pass
-        for p in procs.values():
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(list(procs.values()), timeout=30)
+        kill_all(processes_of([self.temp, f":{self.port}"]))
         shutil.rmtree(self.temp, ignore_errors=True)
 
 

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from local_head import kill_all, processes_of
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -45,20 +47,6 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _leftovers(marker: str) -> None:
-    """Ray processes of a killed driver that left its process group (found by their temp dir)."""
-    try:
-        import psutil
-    except ImportError:
-        return
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(marker in part for part in proc.info["cmdline"] or []):
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
 
 
 def syncxr(args: list[str], fault: str | None = None, kill_after_s: float | None = None, timeout_s: float = 600,
@@ -85,7 +73,7 @@ def syncxr(args: list[str], fault: str | None = None, kill_after_s: float | None
                 rc = 124  # a hang
     finally:
         _kill_group(proc.pid)
-        _leftovers(str(ray_tmp))
+        kill_all(processes_of([str(ray_tmp)]))  # Ray processes that left the process group
         shutil.rmtree(ray_tmp, ignore_errors=True)
     err.seek(0)
     return Result(rc, err.read().decode(errors="replace"), time.time() - started)

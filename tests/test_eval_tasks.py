@@ -160,7 +160,11 @@ def test_eval_cli_side_by_side_and_wrong_architecture(models, tmp_path, capsys):
     assert all(0.0 <= r["mean_auc"] <= 1.0 and (out / r["roc_png"]).is_file() for r in res["checkpoints"])
     table = (out / "results.md").read_text()
     assert str(run) in table and str(gloria_dir) in table and "mean AUC" in table
-    assert main(argv[:3] + argv[4:] + ["--expect-model", "convirt-resnet18-smallbert"]) == 0
+    # one checkpoint fewer into the same --out: another evaluation, refused unless --overwrite
+    assert main(argv[:3] + argv[4:] + ["--expect-model", "convirt-resnet18-smallbert"]) == 2
+    assert "holds a `syncxr eval` output of other inputs (checkpoints:" in capsys.readouterr().err
+    assert main(argv[:3] + argv[4:] + ["--expect-model", "convirt-resnet18-smallbert", "--overwrite"]) == 0
+    assert len(json.loads((out / "results.json").read_text())["checkpoints"]) == 1
     assert main(argv + ["--expect-model", "convirt-resnet18-smallbert"]) == 2
     assert "expected 'convirt-resnet18-smallbert'" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path), "--dataset", "phantom-5x200", "--task", "zero-shot",

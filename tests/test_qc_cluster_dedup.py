@@ -316,9 +316,14 @@ def test_cli_writes_the_table_and_a_summary(tmp_path, capsys):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["kept"] == int(ref.keep.sum()) and summary["method"] == "flat"
     assert line.startswith(f"{int(ref.keep.sum())}/800 kept, {800 - int(ref.keep.sum())} near-duplicates")
-    # a second run refuses to overwrite; --method cluster gives the same kept set here
-    assert cli_main(["dedup", "--embeddings", str(src), "--threshold", str(T), "--out", str(tmp_path / "o")]) == 2
-    assert "already exists" in capsys.readouterr().err
+    # the same command again refreshes its own output; another method is another output, refused
+    # unless --overwrite; --method cluster gives the same kept set here
+    assert cli_main(["dedup", "--embeddings", str(src), "--threshold", str(T), "--out", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    assert cli_main(["dedup", "--embeddings", str(src), "--threshold", str(T), "--out", str(tmp_path / "o"),
+                     "--method", "cluster"]) == 2
+    assert "other inputs (method: auto then, cluster now): use another --out or pass --overwrite" in \
+        capsys.readouterr().err
     assert cli_main(["dedup", "--embeddings", str(src), "--threshold", str(T), "--out", str(tmp_path / "o"),
                      "--method", "cluster", "--overwrite"]) == 0
     assert pq.read_table(tmp_path / "o" / "dedup").column("kept").to_pylist() == ref.keep.tolist()

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from local_head import kill_all, processes_of
 import yaml
 
 from engine.core.config import load_config
@@ -210,19 +211,6 @@ def test_other_settings_in_the_same_directory_are_refused(reference_run):
         run(cfg, 61, out)
 
 
-def _descendants_with(marker: str) -> list:
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(marker in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_resume_after_kill_9_gives_the_uninterrupted_result(reference_run, tmp_path):
@@ -245,8 +233,7 @@ def test_resume_after_kill_9_gives_the_uninterrupted_result(reference_run, tmp_p
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
-        for leftover in _descendants_with(str(ray_tmp)):
-            leftover.kill()
+        kill_all(processes_of([str(ray_tmp)]))
         shutil.rmtree(ray_tmp, ignore_errors=True)
     staged = list((out / "staging" / "round-00").glob("part-*.parquet"))
     assert staged and not (out / "staging" / "round-00" / "DONE").exists() and not (out / "data").exists()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from local_head import kill_all, processes_of
 import torch
 import yaml
 
@@ -62,19 +63,6 @@ def test_zero_shot_hook_is_resolved_by_name():
     assert resolve_hook(None) is None
 
 
-def _descendants_with(marker: str):
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(marker in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
 def _records(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
@@ -118,8 +106,7 @@ def test_a_stopped_or_killed_run_resumes_from_its_checkpoint_to_the_planned_step
             proc.send_signal(how)  # the driver only, as `kill PID` does
             rc = proc.wait(120)
         finally:
-            for leftover in _descendants_with(str(ray_tmp)):
-                leftover.kill()
+            kill_all(processes_of([str(ray_tmp)]))
         return rc, log.read_text()
 
     def saved_steps() -> list[int]:

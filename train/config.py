@@ -45,6 +45,7 @@ class DataSection(Section):
     random_sentence: bool = True  # ConVIRT/GLoRIA text view: one random sentence per image
     batch_size: int = Field(64, ge=1)  # rows per Ray Data decoding task
     num_cpus: float = Field(0.5, gt=0)  # per decoding task (they run before training starts)
+    inline_max_rows: int = Field(2000, ge=0)  # a run this small decodes in the driver (no task start-up)
     seed: int = 0
 
     @field_validator("augment_settings")

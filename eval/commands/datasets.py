@@ -32,7 +32,7 @@ def run(args) -> int:
     from eval.datasets import build_dataset
     from eval.datasets.base import image_paths
 
-    out = check_file_out(args.out, [args.imgpath], args.overwrite)
+    out = check_file_out(args.out, [], args.overwrite)  # a CSV beside the images it lists is fine
     options = {"size": args.size} if args.name.startswith("phantom") else {}
     ds = build_dataset(args.name, n=args.n, seed=args.seed, **options)
     note = ""

@@ -94,6 +94,20 @@ def _decoded(ds, cfg, resize_to: int):
                           batch_format="numpy", fn_kwargs={"resize_to": int(resize_to)}).materialize()
 
 
+def _decoded_here(sources: dict[str, Source], ids_by_source: dict[str, list[str]], cfg, resize_to: int):
+    """The same decoded rows as `_decoded`, decoded in this process and put in Ray's object store."""
+    import ray.data
+    from ray.data.block import BlockAccessor
+
+    blocks = []
+    for name, ids in ids_by_source.items():
+        table = sources[name].to_arrow(ids)
+        for start in range(0, table.num_rows, cfg.data.batch_size):
+            batch = decode_batch(table.slice(start, cfg.data.batch_size).to_pydict(), int(resize_to))
+            blocks.append(BlockAccessor.batch_to_block(batch))
+    return ray.data.from_arrow(blocks).materialize()
+
+
 def _invalid(mat) -> tuple[int, str]:
     """(rows that did not decode, the first one's error) of a decoded dataset."""
     errors = sorted(e for e in mat.select_columns(["error"]).to_pandas()["error"] if e)
@@ -101,9 +115,15 @@ def _invalid(mat) -> tuple[int, str]:
 
 
 def build_datasets(cfg, sources: dict[str, Source], plan: DataPlan, resize_to: int) -> DecodedData:
-    """Decode every training and validation image once (Ray Data tasks of data.num_cpus each)."""
-    train = _decoded(_union([sources[name].to_ray(ids) for name, ids in plan.train.items()]), cfg, resize_to)
-    val = _decoded(_union([sources[name].to_ray(ids) for name, ids in plan.val.items()]), cfg, resize_to)
+    """Decode every training and validation image once: Ray Data tasks of data.num_cpus each, or,
+    for a run of at most data.inline_max_rows pairs, in this process (a few seconds where starting
+    the decoding tasks would take tens)."""
+    n_rows = sum(map(len, plan.train.values())) + sum(map(len, plan.val.values()))
+    if n_rows <= cfg.data.inline_max_rows:
+        train, val = (_decoded_here(sources, ids, cfg, resize_to) for ids in (plan.train, plan.val))
+    else:
+        train = _decoded(_union([sources[name].to_ray(ids) for name, ids in plan.train.items()]), cfg, resize_to)
+        val = _decoded(_union([sources[name].to_ray(ids) for name, ids in plan.val.items()]), cfg, resize_to)
     n_invalid, first_error = _invalid(train)
     val_invalid, _ = _invalid(val)
     shards = train.split(cfg.scaling.num_workers, equal=True) if cfg.scaling.num_workers > 1 else [train]

@@ -59,7 +59,7 @@ def read_embeddings(path: Path, column: str = "embedding") -> tuple[list[str], n
         raise UserError(f"{path}: column `{column}` must be a list of floats, got {emb.type}")
     if emb.null_count:
         row = emb.is_null().to_pylist().index(True)
-        raise UserError(f"{path}: row {row} (sample_id {ids[row]!r}) has a null `{column}`")
+        raise UserError(f"{path}: row {row} (sample_id {ids[row]!r}) has a null {column}")
     if not pa.types.is_fixed_size_list(emb.type):
         lengths = np.diff(np.asarray(emb.offsets))
         if len(lengths) and (lengths != lengths[0]).any():
