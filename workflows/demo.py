@@ -97,6 +97,7 @@ def run(config: str | None, out: Path, n_plan: int, n_synth: int, train_config: 
 
     t = step(f"6. zero-shot classification on the phantom test set of five findings ({eval_per_class} images each)")
     eval_dir = out / "eval"
+    shutil.rmtree(eval_dir, ignore_errors=True)  # the model was trained anew: a new evaluation
     _subcommand(["eval", "--checkpoint", str(train_dir), "--dataset", "phantom-5x200", "--task", "zero-shot",
                  "--n", str(eval_per_class), "--out", str(eval_dir)], show=False)
     results = json.loads((eval_dir / "results.json").read_text())
