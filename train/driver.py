@@ -119,7 +119,10 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
     resume_step = latest_checkpoint_step(run_dir / "ray")
     MetricsLog(str(run_dir), resume_step, enabled=True)  # drop a killed attempt's records (rank 0 does too)
     if show_progress:
-        dropped = (f" ({data.n_invalid} images did not decode, left out)" if data.n_invalid else "")
+        left_out = [f"{n} {source} rows {reason.replace('_', ' ')}" for source, reasons in plan.skipped_index.items()
+                    for reason, n in reasons.items()]  # e.g. rows with an empty report
+        left_out += [f"{data.n_invalid} images did not decode"] if data.n_invalid else []
+        dropped = f" ({', '.join(left_out)}, left out)" if left_out else ""
         print(f"training {cfg.model.name}: {plan.summary()['train']} pairs{dropped}, {plan.n_val} held out, "
               f"{cfg.epochs} epochs x {steps_per_epoch} steps, {world} worker(s) x "
               f"{threads_for(cfg.scaling.cpus_per_worker)} thread(s)"
