@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from engine.core.errors import UserError
-from engine.core.ownership import claim, input_digest, read_owner, update_marker, value_digest
+from engine.core.ownership import check_claim, claim, input_digest, update_marker, value_digest
 from train.checkpointing import latest_checkpoint_step
 from train.config import TrainConfig
 from train.data.pipeline import build_datasets, load_sources, plan_data, training_texts
@@ -87,7 +87,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
     run_dir = Path(run_dir).resolve()
     synthetic, real = synthetic or cfg.data.synthetic, real or cfg.data.real
     inputs = run_inputs(cfg, synthetic, real)
-    read_owner_of(run_dir, inputs)  # another command's or another run's directory: refused before any work
+    check_claim(run_dir, "train", inputs)  # another command's or another run's directory: refused before any work
     check_resources(cfg, ray.cluster_resources(), reserved_cpus)
     if not verbose:
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -155,13 +155,6 @@ def run_inputs(cfg: TrainConfig, synthetic: Optional[str], real: Optional[str]) 
     settings = cfg.model_dump(exclude={"engine"})
     settings["data"].pop("synthetic"), settings["data"].pop("real")  # named by the data digests below
     return {"config": value_digest(settings), "synthetic": input_digest(synthetic), "real": input_digest(real)}
-
-
-def read_owner_of(out: Path, inputs: dict, command: str = "train") -> None:
-    """Refuse now a directory `claim` would refuse later (so a bad --out costs no decoding)."""
-    theirs = read_owner(out)
-    if theirs is not None and (theirs.get("kind") != command or theirs.get("inputs") != inputs):
-        claim(out, command, inputs)  # raises, naming what differs
 
 
 def check_decoded(data, batch_size: int, world: int) -> None:

@@ -154,15 +154,15 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from engine.core.ownership import claim, value_digest
-    from train.driver import check_resources, read_owner_of, run_inputs
+    from engine.core.ownership import check_claim, claim, value_digest
+    from train.driver import check_resources, run_inputs
 
     out = Path(out).resolve()
     synthetic = synthetic or cfg.data.synthetic
     real = real or cfg.data.real
     inputs = {"sweep": value_digest(tcfg.model_dump(exclude={"train", "train_config"})),
               **run_inputs(cfg, synthetic, real)}
-    read_owner_of(out, inputs, "tune")
+    check_claim(out, "tune", inputs)  # refused before any trial
     # every concurrent trial's driver function holds a sliver of CPU beside its workers
     reserved = TRIAL_DRIVER_CPU * tcfg.max_concurrent_trials
     check_resources(cfg, ray.cluster_resources(), reserved)

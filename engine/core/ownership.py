@@ -31,15 +31,19 @@ def value_digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def spec_path(spec: str | Path) -> Path:
+    """The path an input names: `kind:PATH` (table:, mimic:, openi:) or a plain path."""
+    kind, sep, rest = str(spec).partition(":")
+    return Path(rest if sep and kind.isalpha() and len(kind) > 1 else str(spec)).expanduser()
+
+
 def input_digest(spec: str | Path | None) -> str | None:
     """What stands for an input's content: a file's sha256; a syncxr dataset's manifest.json (it
     records every part); another directory, its resolved path; `kind:PATH` specs (table:, mimic:,
     openi:) by their path. None for an absent input."""
     if spec is None:
         return None
-    text = str(spec)
-    kind, sep, rest = text.partition(":")
-    path = Path(rest if sep and kind.isalpha() and len(kind) > 1 else text).expanduser()
+    path = spec_path(spec)
     if path.is_file():
         return sha256_file(path)
     if (path / "manifest.json").is_file():
@@ -75,6 +79,15 @@ def claim(out: str | Path, command: str, inputs: dict[str, Any], replace: bool =
     OUT already holds this same output (a rerun: resume or refresh), False when it is new. Raises
     a UserError naming what differs when OUT belongs to another command or other inputs, unless
     `replace` (--overwrite) lets this command take back a directory of its own."""
+    if check_claim(out, command, inputs, replace):
+        return True
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json(Path(out) / MARKER, {"syncxr": MARKER_FORMAT, "kind": command, "inputs": inputs})
+    return False
+
+
+def check_claim(out: str | Path, command: str, inputs: dict[str, Any], replace: bool = False) -> bool:
+    """What `claim` would decide, writing nothing: a bad --out is refused before any work."""
     out = Path(out)
     theirs = read_owner(out)
     if theirs is not None:
@@ -92,8 +105,6 @@ def claim(out: str | Path, command: str, inputs: dict[str, Any], replace: bool =
             raise UserError(f"{out} holds a `syncxr {command}` output of other inputs ({name}: "
                             f"{_short(old.get(name))} then, {_short(inputs.get(name))} now): use another --out"
                             + (" or pass --overwrite" if command in REPLACEABLE else ""))
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / MARKER, {"syncxr": MARKER_FORMAT, "kind": command, "inputs": inputs})
     return False
 
 
@@ -117,8 +128,7 @@ def check_file_out(out: str | Path, inputs: list[str | Path | None], overwrite: 
         if item is None:
             continue
         text = str(item)
-        kind, sep, rest = text.partition(":")
-        candidate = Path(rest if sep and kind.isalpha() and len(kind) > 1 else text).expanduser()
+        candidate = spec_path(item)
         if path.resolve() == candidate.resolve():
             raise UserError(f"{flag} {path}: is an input of this command ({text}); write elsewhere")
         if candidate.is_dir() and path.resolve().is_relative_to(candidate.resolve()):
