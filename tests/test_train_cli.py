@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +12,6 @@ import pytest
 import yaml
 
 from test_train_data import TINY_MODEL, make_synthetic_dataset, make_table
-
-ROOT = Path(__file__).resolve().parent.parent
-SYNCXR = [sys.executable, "-m", "engine.cli"]
-
-
-def _env():
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 def _config(path: Path, **top) -> Path:
@@ -38,19 +26,31 @@ def _config(path: Path, **top) -> Path:
     return path
 
 
+def _cli(args, capsys):
+    from engine.cli import main
+
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines()
+
+
 @pytest.mark.slow
-def test_train_then_embed_end_to_end(synth_run, tmp_path):
+@pytest.mark.ray
+def test_train_then_embed_end_to_end(synth_run, tmp_path, capsys):
+    """The commands as `syncxr` runs them (in this process, on the session's Ray)."""
+    from engine.cli import main
+
     table = make_table(tmp_path / "real", 6, bad=(2,))
     cfg = _config(tmp_path / "train.yaml")
     run = tmp_path / "run"
-    proc = subprocess.run(SYNCXR + ["train", "--config", str(cfg), "--out", str(run), "--synthetic", str(synth_run),
-                                    "--real", f"table:{table}"], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    code = main(["train", "--config", str(cfg), "--out", str(run), "--synthetic", str(synth_run),
+                 "--real", f"table:{table}"])
+    out, err = capsys.readouterr()
+    assert code == 0, out[-2000:] + err[-3000:]
     # 18 synthetic (24 - 6 held out) + 6 real = 24 training pairs, 23 decode = 3 steps of 6
-    assert "{'synthetic': 18, 'real': 6} pairs (1 images did not decode, left out), 6 held out, 1 epochs x 3 steps" in proc.stdout
-    assert "epoch 1/1, step 3/3" in proc.stdout and "skipped images 1" in proc.stdout
-    assert "Traceback" not in proc.stderr and " INFO " not in proc.stdout
+    assert "{'synthetic': 18, 'real': 6} pairs (1 images did not decode, left out), 6 held out, 1 epochs x 3 steps" in out
+    assert "epoch 1/1, step 3/3" in out and "skipped images 1" in out
+    assert "Traceback" not in err and " INFO " not in out
     (epoch,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epoch["skipped_images"] == 1 and epoch["train_pairs_seen"] == 18 and epoch["step"] == 3
     assert epoch["val_pairs"] == 6 and math.isfinite(epoch["val_loss"]) and 0 <= epoch["val_i2t_r1"] <= 1
@@ -61,29 +61,20 @@ def test_train_then_embed_end_to_end(synth_run, tmp_path):
     from train.models import load_model
     assert load_model(run / "model").image_size == TINY_MODEL["image"]["image_size"]
 
-    out = tmp_path / "emb.parquet"
-    proc = subprocess.run(SYNCXR + ["embed", "--checkpoint", str(run), "--data", str(synth_run), "--out", str(out)],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    table_out = pq.read_table(out)
+    emb = tmp_path / "emb.parquet"
+    code = main(["embed", "--checkpoint", str(run), "--data", str(synth_run), "--out", str(emb)])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    table_out = pq.read_table(emb)
     assert table_out.column_names == ["sample_id", "image_embedding", "text_embedding"]
     assert table_out.num_rows == 24
     for col in ("image_embedding", "text_embedding"):
-        emb = np.asarray(table_out.column(col).to_pylist(), dtype=np.float64)
-        assert emb.shape == (24, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+        vectors = np.asarray(table_out.column(col).to_pylist(), dtype=np.float64)
+        assert vectors.shape == (24, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
-    bad = subprocess.run(SYNCXR + ["embed", "--checkpoint", str(run), "--data", f"table:{table}", "--out",
-                                   str(tmp_path / "real.parquet")], cwd=ROOT, env=_env(), capture_output=True,
-                         text=True, timeout=300)
-    assert bad.returncode == 0 and "5 pairs embedded" in bad.stdout and "1 images did not decode" in bad.stdout
-
-
-def _cli(args, capsys):
-    from engine.cli import main
-
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.err.strip().splitlines()
+    code = main(["embed", "--checkpoint", str(run), "--data", f"table:{table}", "--out", str(tmp_path / "real.parquet")])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "5 pairs embedded" in out and "1 images did not decode" in out
 
 
 @pytest.mark.ray
