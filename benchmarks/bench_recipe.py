@@ -43,7 +43,9 @@ class Arm:
     overrides: dict = field(default_factory=dict)
 
 
-REFERENCE = Arm("reference: bow, 64 px, AdamW 1e-3, batch 64, warm-up 50 + cosine")
+NO_NEGATION = {"text_encoder": {"negation": False}}
+REFERENCE = Arm("reference: bow, 64 px, AdamW 1e-3, batch 64, warm-up 50 + cosine", overrides=NO_NEGATION)
+NEGATION = {"text_encoder": {"negation": True}}
 ARMS = (
     REFERENCE,
     replace(REFERENCE, label="batch 32", batch=32),
@@ -57,6 +59,9 @@ ARMS = (
             overrides={"text_encoder": {"num_hidden_layers": 2}}),
     replace(REFERENCE, label="text: 4-layer smallbert (today's tower)", model="convirt-resnet18-smallbert"),
     replace(REFERENCE, label="image 96 px + batch 32 (the two that helped)", size=96, batch=32),
+    replace(REFERENCE, label="bow with negation scopes", overrides=NEGATION),
+    replace(REFERENCE, label="batch 32 + lr 3e-3", batch=32, lr=3e-3),
+    replace(REFERENCE, label="batch 32 + lr 3e-3 + negation scopes", batch=32, lr=3e-3, overrides=NEGATION),
 )
 
 

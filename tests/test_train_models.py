@@ -158,6 +158,34 @@ def test_save_load_roundtrip(name, tmp_path):
     assert torch.equal(again.tokenize(["left effusion"])["input_ids"], model.tokenize(["left effusion"])["input_ids"])
 
 
+def test_negation_scope_runs_from_a_cue_to_the_end_of_its_clause():
+    from train.models.text_encoders import negation_scope
+
+    # [CLS] no effusion or edema . there is cardiomegaly but no pneumothorax [SEP] [PAD]
+    ids = torch.tensor([[1, 10, 20, 21, 22, 5, 30, 31, 23, 6, 10, 24, 2, 0]])
+    cues, ends = torch.tensor([10]), torch.tensor([5, 6, 2])
+    assert negation_scope(ids, cues, ends).int().tolist() == [[0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0]]
+    assert not negation_scope(ids[:, 5:10], cues, ends).any()  # no cue: nothing negated
+
+
+def test_a_negated_finding_has_its_own_embedding_in_the_bow_tower(tmp_path):
+    model = tiny("convirt-resnet18-bow", text_encoder={"negation": True}).eval()
+    enc = model.text_encoder.model
+    assert enc.embeddings.num_embeddings == 2 * len(model.tokenizer) and len(enc.cue_ids) >= 1
+    words = lambda texts: model.text_encoder(*_batch(model, texts)[1:])[0]  # noqa: E731
+    plain, negated = words(["effusion .", "no effusion ."])
+    # "effusion" (position 1 after [CLS], 2 after "no") looks up another row once negated
+    assert not torch.equal(plain[1], negated[2])
+    assert torch.equal(words(["effusion . no"])[0][1], plain[1])  # a cue reaches forward only
+    model.save_pretrained(tmp_path / "m")
+    again = load_model(tmp_path / "m").eval()
+    _, ids, mask = _batch(model, ["no effusion. edema", "effusion"])
+    with torch.no_grad():
+        assert torch.equal(model.embed_text(ids, mask), again.embed_text(ids, mask))
+    without = tiny("convirt-resnet18-bow").eval()
+    assert without.text_encoder.model.embeddings.num_embeddings == len(without.tokenizer)
+
+
 def test_load_refuses_other_architecture_and_bad_dirs(tmp_path):
     convirt = tiny("convirt-resnet18-smallbert")
     convirt.save_pretrained(tmp_path / "c")

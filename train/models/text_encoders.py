@@ -41,21 +41,55 @@ def without_pooler(make, source):
         return make(source)
 
 
+# Negation for a tower that cannot read word order: a token between a cue and the end of its
+# clause is looked up in a second table, so "no effusion" and "effusion" stop sharing one vector.
+# Cues and clause ends in the manner of NegEx, kept to the words that open or close a clause.
+NEGATION_CUES = ("no", "not", "without", "negative", "none", "absent")
+SCOPE_ENDS = (".", ";", ":", "but", "however", "although", "except")
+
+
+def negation_scope(input_ids: torch.Tensor, cue_ids: torch.Tensor, end_ids: torch.Tensor) -> torch.Tensor:
+    """BoolTensor like input_ids: True for a token after a negation cue and before the next scope
+    end of its row (the cue and the end themselves stay False)."""
+    cue, end = torch.isin(input_ids, cue_ids), torch.isin(input_ids, end_ids)
+    cues_so_far = torch.cumsum(cue.long(), dim=1)
+    # the cue count at the last scope end so far (counts only grow, so a running max finds it)
+    at_last_end = torch.cummax(torch.where(end, cues_so_far, torch.zeros_like(cues_so_far)), dim=1).values
+    return (cues_so_far > at_last_end) & ~cue & ~end
+
+
 class TokenEmbeddings(nn.Module):
     """The "bow" tower: one embedding per token, no mixing between tokens. Measured on two CPU
-    cores it learns faster per second than a random-init transformer (benchmarks/results/recipe.md)."""
+    cores it learns faster per second than a random-init transformer (benchmarks/results/recipe.md).
+    With `negation`, a token inside a negation's scope has an embedding of its own."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, pad_token_id: int, dropout: float = 0.0):
+    def __init__(self, vocab_size: int, hidden_size: int, pad_token_id: int, dropout: float = 0.0,
+                 negation_ids: tuple[list[int], list[int]] | None = None):
         super().__init__()
-        self.embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
+        self.vocab_size = vocab_size
+        rows = vocab_size * (2 if negation_ids else 1)
+        self.embeddings = nn.Embedding(rows, hidden_size, padding_idx=pad_token_id)
         nn.init.normal_(self.embeddings.weight, std=hidden_size ** -0.5)
         with torch.no_grad():
             self.embeddings.weight[pad_token_id].zero_()
         self.dropout = nn.Dropout(dropout)
         self.hidden_size = hidden_size
+        self.negation = negation_ids is not None
+        cues, ends = negation_ids or ([], [])
+        self.register_buffer("cue_ids", torch.tensor(cues, dtype=torch.long), persistent=False)
+        self.register_buffer("end_ids", torch.tensor(ends, dtype=torch.long), persistent=False)
 
     def forward(self, input_ids, attention_mask) -> tuple[torch.Tensor]:
+        if self.negation:
+            input_ids = input_ids + self.vocab_size * negation_scope(input_ids, self.cue_ids, self.end_ids).long()
         return (self.dropout(self.embeddings(input_ids)),)
+
+
+def negation_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids of the cue and scope-end words that the vocabulary holds as whole tokens."""
+    vocab = tokenizer.get_vocab()
+    ends = [vocab[w] for w in SCOPE_ENDS if w in vocab] + [tokenizer.sep_token_id]
+    return [vocab[w] for w in NEGATION_CUES if w in vocab], ends
 
 
 FROM_SCRATCH = ("smallbert", "bow")
@@ -76,7 +110,8 @@ class TextEncoder(nn.Module):
             self.tokenizer = (tok.load_tokenizer(str(Path(from_dir) / "tokenizer")) if from_dir is not None
                               else _corpus_tokenizer(spec, text_corpus, tokenizer_dir))
             self.model = TokenEmbeddings(len(self.tokenizer), int(spec["hidden_size"]), self.tokenizer.pad_token_id,
-                                         float(spec.get("dropout") or 0.0))
+                                         float(spec.get("dropout") or 0.0),
+                                         negation_ids(self.tokenizer) if spec.get("negation") else None)
         elif from_dir is not None:  # load_model: architecture from the saved config, weights later
             self.tokenizer = tok.load_tokenizer(str(Path(from_dir) / "tokenizer"))
             config = AutoConfig.from_pretrained(str(Path(from_dir) / "text_encoder"))
