@@ -61,23 +61,38 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def make_data(n: int, out: np.ndarray, seed: int = 0):
-    """Fill out (n, DIM) chunk by chunk; returns (group id per row or -1, decoy partner or -1)."""
+SHAPES = ("cone", "clustered", "powerlaw")
+
+
+def make_data(n: int, out: np.ndarray, seed: int = 0, shape: str = "cone"):
+    """Fill out (n, DIM) chunk by chunk; returns (group id per row or -1, decoy partner or -1).
+    cone: the narrow cone above. clustered: 50 centres around a common direction (cosine ~0.7
+    between them), each row its centre plus isotropic noise (cosine ~0.85 inside a centre).
+    powerlaw: no axis, no centres, variance ~ k^-1 over all 768 directions."""
     rng = np.random.default_rng(seed)
     basis = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0].T.astype(np.float32)
     axis, basis = basis[0], basis[1:]
     sig = (np.arange(1, DIM) ** -0.5).astype(np.float32)
     sig /= np.sqrt((sig ** 2).sum())
-    n_centres = max(10, n // 200)
+    n_centres = 50 if shape == "clustered" else max(10, n // 200)
     centres = _spectral(rng, n_centres, sig, basis)
+    if shape == "clustered":
+        centres = _unit(axis + 0.47 * _unit(rng.standard_normal((n_centres, DIM)).astype(np.float32)))
     group = np.full(n, -1, np.int64)
     decoy = np.full(n, -1, np.int64)
     gid = 0
     for c0 in range(0, n, CHUNK):
         r = np.random.default_rng([seed, c0])
         k = min(CHUNK, n - c0)
-        v = _unit(axis + math.sqrt(0.13) * centres[r.integers(0, n_centres, k)]
-                  + math.sqrt(0.12) * _spectral(r, k, sig, basis))
+        if shape == "clustered":
+            v = _unit(centres[r.integers(0, n_centres, k)]
+                      + 0.42 * r.standard_normal((k, DIM)).astype(np.float32) / math.sqrt(DIM))
+        elif shape == "powerlaw":
+            full_sig = (np.arange(1, DIM + 1) ** -0.5).astype(np.float32)
+            v = _unit(_spectral(r, k, full_sig / np.sqrt((full_sig ** 2).sum()), np.vstack([axis, basis])))
+        else:
+            v = _unit(axis + math.sqrt(0.13) * centres[r.integers(0, n_centres, k)]
+                      + math.sqrt(0.12) * _spectral(r, k, sig, basis))
 
         def near(base, cos):
             u = _unit(0.7 * _unit(_spectral(r, 1, sig, basis)[0]) + 0.7 * _unit(r.standard_normal(DIM).astype(np.float32)))
@@ -120,11 +135,11 @@ def write_parquet_parts(x: np.ndarray, directory: Path) -> None:
                        directory / f"part-{c0 // CHUNK:05d}.parquet")
 
 
-def data_main(n: int, path: str, parquet: str) -> None:
+def data_main(n: int, path: str, parquet: str, shape: str) -> None:
     from engine.qc.filters import unit_vectors
 
     x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))
-    group, decoy = make_data(n, x)
+    group, decoy = make_data(n, x, shape=shape)
     np.savez(path + ".labels.npz", group=group, decoy=decoy)
     if parquet:
         write_parquet_parts(x, Path(parquet))
@@ -279,7 +294,7 @@ def pair_set(npz, n: int) -> set:
     return set((npz["i"].astype(np.int64) * n + npz["j"].astype(np.int64)).tolist())
 
 
-def compare(n: int, out: Path, methods: list[str], labels, res: dict) -> list[str]:
+def compare(n: int, out: Path, methods: list[str], labels, res: dict, shape: str) -> list[str]:
     group, decoy = labels["group"], labels["decoy"]
     planted = group >= 0
     decoys = decoy >= 0
@@ -325,25 +340,27 @@ def compare(n: int, out: Path, methods: list[str], labels, res: dict) -> list[st
                 extra += (f", fit {r['fit_s']:.1f} s, assign {r['assign_s']:.1f} s, pairs {r['pairs_s']:.1f} s, "
                           f"{r['spilled_per_vector']:.2f} spilled cells per vector, "
                           f"largest cell {r['largest_cell']:,} ({r['largest_home']:,} at home), "
-                          f"{r['compared'] / 1e6:.0f}M pairs compared")
+                          f"{r['compared'] / 1e6:.0f}M pairs compared, {r.get('full_space_blocks', 0):,} of "
+                          f"{r.get('blocks', 0):,} blocks in the full space"
+                          + (", exact fallback" if r.get("exact_fallback") else ""))
             else:
                 extra += (f", {r.get('nodes')} nodes, {r.get('candidates', 0):,} candidate pairs, fit "
                           f"{r.get('fit_s', 0):.1f} s, candidates {r.get('candidates_s', 0):.1f} s, "
                           f"verify {r.get('verify_s', 0):.1f} s")
-        rows.append(f"| {n:,} | {m} | {r['total_s']:.1f} | {speed} | {r['rss_peak_mb']:.0f} | {r['pairs']:,} | {recall} | "
+        rows.append(f"| {shape} | {n:,} | {m} | {r['total_s']:.1f} | {speed} | {r['rss_peak_mb']:.0f} | {r['pairs']:,} | {recall} | "
                     f"{precision} | {agree} | {same_planted} | {decoys_removed} / {int(decoys.sum()):,} | "
                     f"{int(keep.sum()):,} | {extra} |")
     if "exact-sample" in res:
         r = res["exact-sample"]
-        rows.append(f"| {n:,} | exact-sample | {r['total_s']:.1f} | (flat search of {r['queries']:,} rows, every "
+        rows.append(f"| {shape} | {n:,} | exact-sample | {r['total_s']:.1f} | (flat search of {r['queries']:,} rows, every "
                     f"{r['step']}th, against all {n:,}; all {n:,} rows would take ~{r['total_s'] * n / r['queries'] / 60:.0f} min) "
                     f"| {r['rss_peak_mb']:.0f} | {r['pairs']:,} | | | | | | | |")
     return rows
 
 
-HEADER = ["| n | method | total s | speed-up vs exact | peak RSS MB | pairs | pair recall vs exact | pair precision | "
+HEADER = ["| shape | n | method | total s | speed-up vs exact | peak RSS MB | pairs | pair recall vs exact | pair precision | "
           "kept-set agreement | planted groups kept as exact | decoys removed | kept | notes |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def main(argv=None) -> int:
@@ -352,12 +369,13 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="exact,cluster,distributed",
                     help="comma-separated: exact, cluster, distributed, exact-sample, ivf, hnsw")
     ap.add_argument("--sample-queries", type=int, default=10_000, help="query rows of exact-sample")
+    ap.add_argument("--shapes", default="cone", help=f"comma-separated data shapes: {', '.join(SHAPES)}")
     ap.add_argument("--append", action="store_true", help="add the rows to the existing results file")
     ap.add_argument("--worker", nargs=4, metavar=("DATA", "METHOD", "OUT", "EXTRA"), help=argparse.SUPPRESS)
-    ap.add_argument("--make-data", nargs=3, metavar=("N", "PATH", "PARQUET"), help=argparse.SUPPRESS)
+    ap.add_argument("--make-data", nargs=4, metavar=("N", "PATH", "PARQUET", "SHAPE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.make_data:
-        data_main(int(args.make_data[0]), args.make_data[1], args.make_data[2])
+        data_main(int(args.make_data[0]), args.make_data[1], args.make_data[2], args.make_data[3])
         return 0
     if args.worker:
         worker(*args.worker)
@@ -366,8 +384,12 @@ def main(argv=None) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",")]
     methods = args.methods.split(",")
+    shapes = args.shapes.split(",")
+    unknown = sorted(set(shapes) - set(SHAPES))
+    if unknown:
+        ap.error(f"--shapes: unknown {', '.join(unknown)} (choose from {', '.join(SHAPES)})")
     lines = []
-    for n in sizes:
+    for shape, n in ((shape, n) for shape in shapes for n in sizes):
         with tempfile.TemporaryDirectory(prefix="bench-dedup-", dir="/tmp") as tmp:
             data_path = Path(tmp) / f"x{n}.npy"
             parquet = Path(tmp) / "parquet" if "distributed" in methods else ""
@@ -375,8 +397,8 @@ def main(argv=None) -> int:
             # generated in a child: ru_maxrss survives fork/exec, so a parent that once held the
             # data would leak its peak into every method's figure
             subprocess.run([sys.executable, "-m", "benchmarks.bench_dedup", "--make-data", str(n), str(data_path),
-                            str(parquet)], check=True, cwd=ROOT)
-            print(f"n={n:,}: data in {time.perf_counter() - t0:.0f} s", flush=True)
+                            str(parquet), shape], check=True, cwd=ROOT)
+            print(f"{shape} n={n:,}: data in {time.perf_counter() - t0:.0f} s", flush=True)
             labels = np.load(str(data_path) + ".labels.npz")
             out = Path(tmp) / "out"
             out.mkdir()
@@ -389,13 +411,15 @@ def main(argv=None) -> int:
                 else:
                     res[m] = run_method(data_path, m, out, str(args.sample_queries))
                 print(f"  {res[m]['total_s']:.1f} s, peak RSS {res[m]['rss_peak_mb']:.0f} MB", flush=True)
-            lines += compare(n, out, methods, labels, res)
+            lines += compare(n, out, methods, labels, res, shape)
             print("\n".join(lines[-len(methods):]), flush=True)
     from engine.core.config import IndexConfig
 
     d = IndexConfig()
     head = ["# near-duplicate removal: cluster-then-compare vs exact", "",
-            f"dim {DIM}, threshold {THRESHOLD}; data in a narrow cone (pairwise cosine ~0.72-0.86), 2% of rows in "
+            f"dim {DIM}, threshold {THRESHOLD}. Shapes: cone, a narrow cone (pairwise cosine ~0.72-0.86); "
+            "clustered, 50 centres (cosine ~0.7 between rows of two centres) with isotropic noise (~0.85 inside "
+            "one); powerlaw, variance ~ k^-1 over all directions, no axis. Each: 2% of rows in "
             "planted groups of 2-5 (cosine 0.985-0.998 to the group's first row), 1% decoys at 0.95-0.966 to a "
             f"partner. faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, GPUs seen: "
             f"{getattr(faiss, 'get_num_gpus', lambda: 0)()}; a 2-core machine shared with other jobs (load "

@@ -35,6 +35,24 @@ def cone(n=3000, d=64, groups=60, decoys=40, seed=0):
     axis = unit(rng.standard_normal((1, d)))[0]
     centres = rng.standard_normal((30, d)) * 0.5 / np.sqrt(d)
     x = unit(axis + centres[rng.integers(0, 30, n)] + rng.standard_normal((n, d)) * 0.35 / np.sqrt(d))
+    return plant(x, rng, groups, decoys)
+
+
+def clustered(n=6000, d=256, centres=10, groups=40, decoys=30, seed=0):
+    """Centres around a common direction (cosine ~0.7 between them), each row its centre plus
+    isotropic noise (cosine ~0.85 inside a centre): the noise lies mostly outside the principal
+    directions, so a projection onto them keeps nearly every pair of a centre as a candidate."""
+    rng = np.random.default_rng(seed)
+    axis = unit(rng.standard_normal((1, d)))[0]
+    c = unit(axis + rng.standard_normal((centres, d)) * 0.75 / np.sqrt(d))
+    x = unit(c[rng.integers(0, centres, n)] + rng.standard_normal((n, d)) * 0.42 / np.sqrt(d))
+    return plant(x, rng, groups, decoys)
+
+
+def plant(x, rng, groups, decoys):
+    """Plant groups of 2-4 (cosine >= 0.985 to the group's first member) and decoys (0.95-0.965 to
+    their partner) into x; returns (x, group of each row or -1, decoy partner or -1)."""
+    n, d = x.shape
     perm = rng.permutation(n)
     pos, group, decoy = 0, np.full(n, -1), np.full(n, -1)
 
@@ -88,6 +106,41 @@ def test_cell_pairs_compare_homes_with_everyone_and_never_spilled_with_spilled()
     assert len(got) == len(set(got)) and set(got) == want
     assert len(want) > 20 and len(brute_pairs(x, T)) > len(want)  # some spilled-spilled pairs left out
     assert len(cd.cell_pairs(x, T, n_home=0)[0]) == 0
+
+
+def test_an_unselective_projection_stays_within_its_memory_budget():
+    """Clustered data: in 16 principal directions the pairs of a centre are all candidates, and the
+    cells are made large on purpose (4 cells of ~1,500 rows). Comparing block by block in the
+    full space keeps the peak near the blocks' size (re-scoring every candidate pair of a cell at
+    once would hold ~4 GB), and finds exactly the pairs above the threshold."""
+    import tracemalloc
+
+    x, group, decoy = clustered()
+    cfg = IndexConfig(exact_max=1, dedup_cells=4, dedup_train_per_cell=16, dedup_project_dim=16)
+    sims = x @ x.T
+    assert np.median(sims[group == -1][:, group == -1]) < 0.9  # not a cone: the centres are apart
+    stats: dict = {}
+    tracemalloc.start()
+    i, j, s = cd.cluster_pairs(x, ids_of(len(x)), T, cfg, stats)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert stats["full_space_blocks"] > 0 and not stats["exact_fallback"]
+    assert peak < 200e6, f"peak {peak / 1e6:.0f} MB"
+    assert set(zip(i.tolist(), j.tolist())) == brute_pairs(x, T)
+    np.testing.assert_allclose(s, [float(x[a].astype(np.float64) @ x[b].astype(np.float64)) for a, b in zip(i, j)],
+                               atol=1e-6)
+    kept = near_duplicates(x, ids_of(len(x)), T, cfg)
+    assert kept.keep.tolist() == near_duplicates(x, ids_of(len(x)), T, EXACT).keep.tolist()
+    assert kept.keep[decoy >= 0].all()
+
+
+def test_cells_that_would_compare_most_pairs_fall_back_to_one_full_space_cell():
+    x, _, _ = cone(n=1500, groups=20, decoys=10)
+    stats: dict = {}
+    i, j, _ = cd.cluster_pairs(x, ids_of(len(x)), T, IndexConfig(exact_max=1, dedup_cells=1, dedup_project_dim=16),
+                               stats)
+    assert stats["exact_fallback"] and stats["full_space_blocks"] == 0  # one cell, already in the full space
+    assert set(zip(i.tolist(), j.tolist())) == brute_pairs(x, T)
 
 
 def test_cell_pairs_threshold_is_strict():

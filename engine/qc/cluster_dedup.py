@@ -17,12 +17,19 @@ distance < eps = sqrt(2 - 2t).
    still compared; the bisector distance, unlike the rank of the centroid, measures how close
    that boundary is.
 4. pairs: inside each cell, the home members against each other (upper-triangular blocks) and
-   against the spilled ones. Candidates are the pairs within eps in the projected space (a
-   superset of the answer: p-dimensional matrix multiplies, torch on the GPU when there is one);
-   each is then re-scored in float64 in the full space, one pair at a time, so a pair's cosine
-   never depends on the shape of the block it was found in. Spilled members are never compared
-   with each other: cells near the cone axis collect many spilled rows (hubness) and comparing
-   them all would cost the square of that.
+   against the spilled ones, block by block. Candidates are the pairs within eps in the projected
+   space (a superset of the answer: p-dimensional matrix multiplies, torch on the GPU when there
+   is one). Where a block's projected filter passes more than a few percent of its pairs (the
+   data's spread lies outside the principal directions, as in clustered embeddings), that block
+   is compared in the full space instead. Each candidate is then re-scored in float64 in the full
+   space, one pair at a time, so a pair's cosine never depends on the shape of the block it was
+   found in, and only the pairs above the threshold are kept: memory is bounded by the block
+   size whatever the data. Spilled members are never compared with each other: cells near the
+   cone axis collect many spilled rows (hubness) and comparing them all would cost the square of
+   that.
+5. fallback: when the cells would compare at least half of all n(n-1)/2 pairs (the data does not
+   fall into cells at this threshold), everything is one cell in the full space: blocked exact
+   search, never slower than comparing every pair.
 
 The same functions serve the in-process path (`cluster_pairs`) and the Ray Data path
 (engine/qc/dedup_distributed.py); only the grouping differs.
@@ -275,18 +282,86 @@ def cell_candidates(z: np.ndarray, threshold: float, n_home: Optional[int] = Non
     return np.concatenate(found_a).astype(np.int64), np.concatenate(found_b).astype(np.int64)
 
 
+# A block whose projected filter passes more than this share of its pairs is compared in the full
+# space instead: re-scoring a candidate (a gather of two rows) costs ~30 full-space products of a
+# BLAS block, so past a few percent the filter costs more than it saves (clustered data, where
+# the spread within a cluster lies outside the principal directions, passes nearly every pair).
+UNSELECTIVE = 0.02
+EXACT_SHARE = 0.5  # of all n(n-1)/2 pairs: cells that would compare more fall back to one cell
+RESCORE_PAIRS = 4096  # candidates re-scored per step: 2 x 4096 rows x d float64 at most in memory
+
+
 def cell_pairs(z: np.ndarray, threshold: float, n_home: Optional[int] = None,
-               full: Union[None, np.ndarray, Callable] = None, block: int = BLOCK, device: Optional[str] = None):
+               full: Union[None, np.ndarray, Callable] = None, block: int = BLOCK, device: Optional[str] = None,
+               stats: Optional[dict] = None):
     """Pairs with cosine > threshold among one cell's members (homes first, each group in
-    sample_id order): the candidates of cell_candidates re-scored in float64. full: the members'
-    unit vectors, an array or a function of member positions (None: z are the unit vectors).
+    sample_id order), found block by block: home x home (a < b) and home x spilled (a home, b
+    spilled). full: the members' unit vectors, an array or a function of member positions (None:
+    z are the unit vectors). In each block, candidates are the pairs within the threshold's
+    chord in z; where that filter passes more than UNSELECTIVE of the block, the block is
+    compared in the full space (float32) instead; either way candidates are re-scored in float64
+    and only the pairs above the threshold are kept, so memory is bounded by the block, not by
+    the cell. stats (optional) counts blocks, full-space blocks and candidates.
     Returns (a, b, sim), positions in z."""
-    a, b = cell_candidates(z, threshold, n_home, block, device)
-    if len(a) == 0:
-        return a, b, np.empty(0, np.float32)
-    sim = rescore(np.ascontiguousarray(z, dtype=np.float32) if full is None else full, a, b)
-    keep = sim > threshold
-    return a[keep], b[keep], sim[keep].astype(np.float32)
+    n = len(z)
+    n_home = n if n_home is None else int(n_home)
+    none = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    if n_home == 0 or n < 2:
+        return none
+    zs = np.ascontiguousarray(z, dtype=np.float32)
+    if full is None:
+        full = zs
+    members = (lambda pos: np.asarray(full(pos), dtype=np.float32)) if callable(full) else \
+        (lambda pos: np.asarray(full[pos], dtype=np.float32))
+    half = 0.5 * np.einsum("ij,ij->i", zs, zs)
+    # |za - zb|^2 < chord^2  <=>  za.zb - |za|^2/2 - |zb|^2/2 > threshold - 1 (unit z: za.zb > threshold)
+    cut = float(threshold) - 1.0 - RESCORE_SLACK
+    projected = full is not zs
+    zt = ht = None
+    if device is not None:
+        import torch
+
+        zt, ht = torch.from_numpy(zs).to(device), torch.from_numpy(half).to(device)
+    counts = {"blocks": 0, "full_space_blocks": 0, "candidates": 0}
+    found_a, found_b, found_s = [], [], []
+    for r0 in range(0, n_home, block):
+        r1 = min(r0 + block, n_home)
+        rows_full = None
+        for c0 in range(r0, n, block):  # upper-triangular among homes, then every spilled column
+            c1 = min(c0 + block, n)
+            if zt is not None:
+                g = (zt[r0:r1] @ zt[c0:c1].T - ht[r0:r1, None] - ht[None, c0:c1]).cpu().numpy()
+            else:
+                g = zs[r0:r1] @ zs[c0:c1].T
+                g -= half[r0:r1, None]
+                g -= half[None, c0:c1]
+            hit = g > cut
+            if c0 == r0:  # the diagonal block: each pair once
+                hit &= np.arange(r0, r1)[:, None] < np.arange(c0, c1)[None, :]
+            counts["blocks"] += 1
+            if projected and hit.sum() > UNSELECTIVE * hit.size:
+                counts["full_space_blocks"] += 1
+                if rows_full is None:
+                    rows_full = members(np.arange(r0, r1))
+                cols_full = rows_full if (c0, c1) == (r0, r1) else members(np.arange(c0, c1))
+                hit &= (rows_full @ cols_full.T) > float(threshold) - RESCORE_SLACK
+            a, b = np.nonzero(hit)
+            if len(a) == 0:
+                continue
+            a, b = a.astype(np.int64) + r0, b.astype(np.int64) + c0
+            counts["candidates"] += len(a)
+            for k in range(0, len(a), RESCORE_PAIRS):
+                pa, pb = a[k:k + RESCORE_PAIRS], b[k:k + RESCORE_PAIRS]
+                sim = rescore(full, pa, pb)
+                keep = sim > threshold
+                if keep.any():
+                    found_a.append(pa[keep]), found_b.append(pb[keep]), found_s.append(sim[keep].astype(np.float32))
+    if stats is not None:
+        for key, value in counts.items():
+            stats[key] = stats.get(key, 0) + value
+    if not found_a:
+        return none
+    return np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s)
 
 
 def rescore(full: Union[np.ndarray, Callable], a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -316,13 +391,14 @@ def _one_blas_thread():
 def pairs_in_cells(cells, threshold: float, workers: Optional[int] = None):
     """cell_pairs over an iterable of (member_keys, z, n_home, full) cells, z an array or a
     function returning one (then the gather, e.g. from a memory map, runs in the pool too), full
-    as cell_pairs takes it; returns, per cell in input order, (keys[a], keys[b], sim). CPU: cells
+    as cell_pairs takes it; returns, per cell in input order, (keys[a], keys[b], sim, counts). CPU: cells
     in a thread pool (numpy releases the GIL in BLAS); GPU: one cell after another on the device.
     Order of results never depends on threads."""
     def one(cell, device=None):
         keys, z, n_home, full = cell
-        a, b, s = cell_pairs(z() if callable(z) else z, threshold, n_home, full, device=device)
-        return keys[a], keys[b], s
+        counts: dict = {}
+        a, b, s = cell_pairs(z() if callable(z) else z, threshold, n_home, full, device=device, stats=counts)
+        return keys[a], keys[b], s, counts
 
     device = _torch_device()
     if device is not None:
@@ -389,23 +465,32 @@ def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, st
     clock.append(time.perf_counter())
     groups = np.split(row_of, bounds)
     homes = [int(len(g) - k) for g, k in zip(groups, (int(v.sum()) for v in np.split(spilled, bounds)))]
+    sz, hz = np.asarray([len(g) for g in groups], np.int64), np.asarray(homes, np.int64)
+    compared = int((hz * (hz - 1) // 2 + hz * (sz - hz)).sum())
+    # the cells would compare at least EXACT_SHARE of what comparing every pair does (the data
+    # does not cluster at this threshold): one cell of everything, in the full space, is cheaper
+    exact = compared >= EXACT_SHARE * (n * (n - 1) // 2)
+    if exact:
+        del projected, cell_of, row_of, spilled, groups
+        groups, homes, projected = [np.arange(n, dtype=np.int64)], [n], None
     parts_i, parts_j, parts_s = [], [], []
+    counts = {"blocks": 0, "full_space_blocks": 0, "candidates": 0}
 
     def cell(rows, n_home):
         if projected is None:
             return rows, (lambda: np.asarray(x[rows], dtype=np.float32)), n_home, None
         return rows, (lambda: projected[rows]), n_home, (lambda pos: np.asarray(x[rows[pos]], dtype=np.float32))
 
-    for a, b, s in pairs_in_cells((cell(rows, h) for rows, h in zip(groups, homes) if h), threshold):
+    for a, b, s, c in pairs_in_cells((cell(rows, h) for rows, h in zip(groups, homes) if h), threshold):
+        for key, value in c.items():
+            counts[key] += value
         if len(a):
             parts_i.append(np.minimum(a, b)), parts_j.append(np.maximum(a, b)), parts_s.append(s)
     if stats is not None:
-        sz, hz = np.asarray([len(g) for g in groups]), np.asarray(homes)
         clock.append(time.perf_counter())
         stats.update(cells=model.cells, largest_cell=int(sz.max(initial=0)), largest_home=int(hz.max(initial=0)),
-                     spilled_per_vector=float(spilled.sum()) / max(n, 1),
-                     compared=int((hz * (hz - 1) // 2 + hz * (sz - hz)).sum()), fit_s=clock[1] - clock[0],
-                     assign_s=clock[2] - clock[1], pairs_s=clock[3] - clock[2])
+                     spilled_per_vector=float(sz.sum() - n) / max(n, 1), compared=compared, exact_fallback=exact,
+                     fit_s=clock[1] - clock[0], assign_s=clock[2] - clock[1], pairs_s=clock[3] - clock[2], **counts)
     if not parts_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     return unique_pairs(np.concatenate(parts_i), np.concatenate(parts_j), np.concatenate(parts_s), n)
