@@ -43,9 +43,10 @@ class Arm:
     overrides: dict = field(default_factory=dict)
 
 
-NO_NEGATION = {"text_encoder": {"negation": False}}
+NO_NEGATION = {"text_encoder": {"negation": False, "token_weights": False}, "text": {"pooling": "mean"}}
 REFERENCE = Arm("reference: bow, 64 px, AdamW 1e-3, batch 64, warm-up 50 + cosine", overrides=NO_NEGATION)
-NEGATION = {"text_encoder": {"negation": True}}
+NEGATION = {"text_encoder": {"negation": True, "token_weights": False}, "text": {"pooling": "mean"}}
+WEIGHTED = {"text_encoder": {"negation": True, "token_weights": True}, "text": {"pooling": "weighted"}}
 ARMS = (
     REFERENCE,
     replace(REFERENCE, label="batch 32", batch=32),
@@ -62,6 +63,7 @@ ARMS = (
     replace(REFERENCE, label="bow with negation scopes", overrides=NEGATION),
     replace(REFERENCE, label="batch 32 + lr 3e-3", batch=32, lr=3e-3),
     replace(REFERENCE, label="batch 32 + lr 3e-3 + negation scopes", batch=32, lr=3e-3, overrides=NEGATION),
+    replace(REFERENCE, label="negation scopes + learned token weights (weighted pooling)", overrides=WEIGHTED),
 )
 
 

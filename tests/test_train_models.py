@@ -182,8 +182,23 @@ def test_a_negated_finding_has_its_own_embedding_in_the_bow_tower(tmp_path):
     _, ids, mask = _batch(model, ["no effusion. edema", "effusion"])
     with torch.no_grad():
         assert torch.equal(model.embed_text(ids, mask), again.embed_text(ids, mask))
-    without = tiny("convirt-resnet18-bow").eval()
+    without = tiny("convirt-resnet18-bow", text_encoder={"negation": False}).eval()
     assert without.text_encoder.model.embeddings.num_embeddings == len(without.tokenizer)
+
+
+def test_weighted_pooling_starts_as_the_mean_and_needs_token_weights():
+    from train.models.convirt import pool_tokens
+
+    hidden = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    zeros = torch.zeros(2, 4)
+    assert torch.allclose(pool_tokens(hidden, mask, "weighted", zeros), pool_tokens(hidden, mask, "mean"), atol=1e-6)
+    sharp = torch.tensor([[0.0, 50.0, 0.0, 99.0], [0.0, 0.0, 0.0, 0.0]])  # padding never counts, however large
+    assert torch.allclose(pool_tokens(hidden, mask, "weighted", sharp)[0], hidden[0, 1], atol=1e-5)
+    model = tiny("convirt-resnet18-bow", text_encoder={"token_weights": True}, text={"pooling": "weighted"})
+    assert model.text_encoder.model.weights.weight.abs().sum() == 0
+    with pytest.raises(ConfigError, match="token_weights"):
+        tiny("convirt-resnet18-bow", text={"pooling": "weighted"})
 
 
 def test_load_refuses_other_architecture_and_bad_dirs(tmp_path):
@@ -220,6 +235,29 @@ def test_backbone_state_dict_is_torchvision_resnet_and_loads_back(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(UserError, match="not a resnet18 state dict"):
         tiny("gloria-resnet18-smallbert", image_encoder={"weights": str(tmp_path / "bad.pt")})
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_our_resnet_trunk_is_torchvision_s_in_names_weights_and_outputs(arch):
+    """The trunk is built without torchvision (its import costs seconds per worker): the same
+    seed gives torchvision's initial weights, key for key, and the same feature maps."""
+    import torchvision
+
+    from train.models.resnet import ResNetTrunk
+
+    torch.manual_seed(3)
+    reference = getattr(torchvision.models, arch)(weights=None).eval()
+    torch.manual_seed(3)
+    ours = ResNetTrunk(arch).eval()
+    theirs = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    assert list(ours.state_dict()) == list(theirs)
+    assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        local, last = ours(x)
+        r = reference
+        y = r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(x))))))
+        assert torch.equal(local, r.layer3(y)) and torch.equal(last, r.layer4(r.layer3(y)))
 
 
 def test_transformers_encoders_from_directories(tmp_path):

@@ -10,18 +10,23 @@ from engine.core.errors import ConfigError
 from train.models import losses
 from train.models.base import ContrastiveModel
 
-POOLINGS = ("cls", "mean", "max")
+POOLINGS = ("cls", "mean", "max", "weighted")
 
 
 def projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
 
-def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
-    """[B, L, H] -> [B, H]: the [CLS] position, or the mean / max over real tokens."""
+def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str,
+                logits: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, L, H] -> [B, H]: the [CLS] position, or the mean / max over real tokens, or their
+    softmax-weighted sum by per-token logits [B, L] ("weighted")."""
     if how == "cls":
         return hidden[:, 0]
     mask = attention_mask.bool().unsqueeze(-1)
+    if how == "weighted":
+        w = torch.softmax(logits.masked_fill(~mask[..., 0], torch.finfo(logits.dtype).min), dim=1)
+        return (hidden * w.unsqueeze(-1)).sum(1)
     if how == "mean":
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
     return hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min).max(dim=1).values
@@ -35,6 +40,8 @@ class ConvirtModel(ContrastiveModel):
         head = config["head"]
         if config["text"]["pooling"] not in POOLINGS:
             raise ConfigError(f"text.pooling: {config['text']['pooling']!r} is not one of {', '.join(POOLINGS)}")
+        if config["text"]["pooling"] == "weighted" and not config["text_encoder"].get("token_weights"):
+            raise ConfigError("text.pooling 'weighted' needs the bow text tower with text_encoder.token_weights: true")
         self.image_proj = projection_head(self.image_encoder.pooled_dim, int(head["hidden_dim"]), self.embed_dim)
         self.text_proj = projection_head(self.text_encoder.hidden_size, int(head["hidden_dim"]), self.embed_dim)
 
@@ -44,7 +51,9 @@ class ConvirtModel(ContrastiveModel):
 
     def encode_text(self, input_ids, attention_mask):
         hidden = self.text_encoder(input_ids, attention_mask)[-1]
-        pooled = pool_tokens(hidden, attention_mask, self.config["text"]["pooling"])
+        how = self.config["text"]["pooling"]
+        logits = self.text_encoder.token_logits(input_ids) if how == "weighted" else None
+        pooled = pool_tokens(hidden, attention_mask, how, logits)
         return {"text_global": self.text_proj(pooled)}
 
     def forward(self, images, input_ids, attention_mask):

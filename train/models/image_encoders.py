@@ -1,4 +1,4 @@
-"""Image encoders: a torchvision ResNet trunk (random init or a local weights file) or any
+"""Image encoders: a ResNet trunk with torchvision's layout (random init or a local weights file) or any
 transformers vision model (ViT, DINOv2 / RAD-DINO, ...) from a directory or hub id.
 
 Each returns, for images [B, 1, H, W] normalised with mean .5 std .5:
@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from engine.core.errors import ConfigError, UserError
+from train.models.resnet import LAYOUTS, ResNetTrunk
 from train.models.text_encoders import without_pooler
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
-TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+RESNETS = tuple(LAYOUTS)
 
 
 class _ChannelAdapter(nn.Module):
@@ -41,31 +41,12 @@ class _ChannelAdapter(nn.Module):
         return x
 
 
-class ResNetTrunk(nn.Module):
-    """torchvision ResNet without avgpool/fc; attribute names are torchvision's, so its state_dict
-    loads into torchvision or segmentation_models_pytorch ResNet encoders."""
-
-    def __init__(self, arch: str):
-        super().__init__()
-        import torchvision
-
-        if arch not in RESNETS:
-            raise ConfigError(f"image_encoder.arch: {arch!r} is not one of {', '.join(RESNETS)}")
-        net = getattr(torchvision.models, arch)(weights=None)
-        for name in TRUNK:
-            setattr(self, name, getattr(net, name))
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer2(self.layer1(x))
-        local = self.layer3(x)
-        return local, self.layer4(local)
-
-
 class ResNetEncoder(nn.Module):
     def __init__(self, spec: dict):
         super().__init__()
         self.backbone_name = spec["arch"]
+        if spec["arch"] not in RESNETS:
+            raise ConfigError(f"image_encoder.arch: {spec['arch']!r} is not one of {', '.join(RESNETS)}")
         self.adapter = _ChannelAdapter(3, spec.get("input_mean"), spec.get("input_std"))
         self.trunk = ResNetTrunk(spec["arch"])
         self.local_channels = _out_channels(self.trunk.layer3)

@@ -64,7 +64,7 @@ class TokenEmbeddings(nn.Module):
     With `negation`, a token inside a negation's scope has an embedding of its own."""
 
     def __init__(self, vocab_size: int, hidden_size: int, pad_token_id: int, dropout: float = 0.0,
-                 negation_ids: tuple[list[int], list[int]] | None = None):
+                 negation_ids: tuple[list[int], list[int]] | None = None, token_weights: bool = False):
         super().__init__()
         self.vocab_size = vocab_size
         rows = vocab_size * (2 if negation_ids else 1)
@@ -78,11 +78,20 @@ class TokenEmbeddings(nn.Module):
         cues, ends = negation_ids or ([], [])
         self.register_buffer("cue_ids", torch.tensor(cues, dtype=torch.long), persistent=False)
         self.register_buffer("end_ids", torch.tensor(ends, dtype=torch.long), persistent=False)
+        # a learned logit per token (0 at the start: plain mean pooling), for "weighted" pooling
+        self.weights = nn.Embedding(rows, 1, _weight=torch.zeros(rows, 1)) if token_weights else None
+
+    def lookup_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.negation:
+            return input_ids + self.vocab_size * negation_scope(input_ids, self.cue_ids, self.end_ids).long()
+        return input_ids
 
     def forward(self, input_ids, attention_mask) -> tuple[torch.Tensor]:
-        if self.negation:
-            input_ids = input_ids + self.vocab_size * negation_scope(input_ids, self.cue_ids, self.end_ids).long()
-        return (self.dropout(self.embeddings(input_ids)),)
+        return (self.dropout(self.embeddings(self.lookup_ids(input_ids))),)
+
+    def token_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L]: each token's learned pooling logit."""
+        return self.weights(self.lookup_ids(input_ids))[..., 0]
 
 
 def negation_ids(tokenizer) -> tuple[list[int], list[int]]:
@@ -100,8 +109,6 @@ class TextEncoder(nn.Module):
     def __init__(self, spec: dict, max_tokens: int, text_corpus=None, tokenizer_dir=None,
                  from_dir: str | None = None):
         super().__init__()
-        from transformers import AutoConfig, AutoModel, BertConfig, BertModel
-
         kind = spec.get("type")
         if kind not in KINDS:
             raise ConfigError(f"text_encoder.type: {kind!r} is not one of 'smallbert', 'bow', 'hf'")
@@ -111,12 +118,17 @@ class TextEncoder(nn.Module):
                               else _corpus_tokenizer(spec, text_corpus, tokenizer_dir))
             self.model = TokenEmbeddings(len(self.tokenizer), int(spec["hidden_size"]), self.tokenizer.pad_token_id,
                                          float(spec.get("dropout") or 0.0),
-                                         negation_ids(self.tokenizer) if spec.get("negation") else None)
+                                         negation_ids(self.tokenizer) if spec.get("negation") else None,
+                                         bool(spec.get("token_weights")))
         elif from_dir is not None:  # load_model: architecture from the saved config, weights later
+            from transformers import AutoConfig, AutoModel
+
             self.tokenizer = tok.load_tokenizer(str(Path(from_dir) / "tokenizer"))
             config = AutoConfig.from_pretrained(str(Path(from_dir) / "text_encoder"))
             self.model = without_pooler(AutoModel.from_config, config)
         elif kind == "smallbert":
+            from transformers import BertConfig, BertModel  # the modelling import alone costs seconds: only here
+
             self.tokenizer = _corpus_tokenizer(spec, text_corpus, tokenizer_dir)
             config = BertConfig(vocab_size=len(self.tokenizer), hidden_size=int(spec["hidden_size"]),
                                 num_hidden_layers=int(spec["num_hidden_layers"]),
@@ -128,6 +140,8 @@ class TextEncoder(nn.Module):
                                 pad_token_id=self.tokenizer.pad_token_id)
             self.model = BertModel(config, add_pooling_layer=False)
         else:
+            from transformers import AutoModel
+
             source = spec.get("path")
             if not source:
                 raise ConfigError("text_encoder.path: a transformers text model needs a directory or hub id")
@@ -160,6 +174,11 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return tok.encode(self.tokenizer, list(texts), self.max_tokens)
+
+    def token_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.kind != "bow" or self.model.weights is None:
+            raise ConfigError("text.pooling 'weighted' needs the bow text tower with text_encoder.token_weights: true")
+        return self.model.token_logits(input_ids)
 
     def forward(self, input_ids, attention_mask) -> tuple[torch.Tensor, ...]:
         if self.kind == "bow":
