@@ -239,47 +239,52 @@ def _torch_device():
     return "cuda" if torch.cuda.is_available() else None
 
 
-def cell_candidates(z: np.ndarray, threshold: float, n_home: Optional[int] = None, block: int = BLOCK,
-                    device: Optional[str] = None):
-    """Candidate pairs among one cell's members z (in the cell space, homes first): home x home
-    (a < b) and home x spilled (a home, b spilled) closer than the threshold's chord in z, with
-    float32 slack; n_home None: every member is home. A superset of the pairs above the threshold
-    (a projection only shrinks distances). Returns (a, b), positions in z."""
+def candidate_blocks(z: np.ndarray, threshold: float, n_home: int, block: int = BLOCK,
+                     device: Optional[str] = None):
+    """Yields (r0, c0, hit) per block of one cell's members z (in the cell space, homes first):
+    rows r0.. of the homes against columns c0.. (upper-triangular among homes, then every
+    spilled column); hit is the bool matrix of the pairs (a < b) closer than the threshold's chord
+    in z, with float32 slack. A superset of the pairs above the threshold (a projection only
+    shrinks distances)."""
     n = len(z)
-    n_home = n if n_home is None else int(n_home)
-    empty = np.empty(0, np.int64), np.empty(0, np.int64)
-    if n_home == 0 or n < 2:
-        return empty
     zs = np.ascontiguousarray(z, dtype=np.float32)
     half = 0.5 * np.einsum("ij,ij->i", zs, zs)
     # |za - zb|^2 < chord^2  <=>  za.zb - |za|^2/2 - |zb|^2/2 > threshold - 1 (unit z: za.zb > threshold)
     cut = float(threshold) - 1.0 - RESCORE_SLACK
-    zt = None
+    zt = ht = None
     if device is not None:
         import torch
 
         zt, ht = torch.from_numpy(zs).to(device), torch.from_numpy(half).to(device)
-    found_a, found_b = [], []
     for r0 in range(0, n_home, block):
         r1 = min(r0 + block, n_home)
-        for c0 in range(r0, n, block):  # upper-triangular among homes, then every spilled column
+        for c0 in range(r0, n, block):
             c1 = min(c0 + block, n)
             if zt is not None:
-                g = zt[r0:r1] @ zt[c0:c1].T - ht[r0:r1, None] - ht[None, c0:c1]
-                hit = (g > cut).nonzero().cpu().numpy()
+                hit = (zt[r0:r1] @ zt[c0:c1].T - ht[r0:r1, None] - ht[None, c0:c1] > cut).cpu().numpy()
             else:
                 g = zs[r0:r1] @ zs[c0:c1].T
                 g -= half[r0:r1, None]
                 g -= half[None, c0:c1]
-                hit = np.argwhere(g > cut)
-            if len(hit) == 0:
-                continue
-            a, b = hit[:, 0] + r0, hit[:, 1] + c0
-            upper = a < b
-            found_a.append(a[upper]), found_b.append(b[upper])
-    if not found_a:
-        return empty
-    return np.concatenate(found_a).astype(np.int64), np.concatenate(found_b).astype(np.int64)
+                hit = g > cut
+            if c0 == r0:  # the diagonal block: each pair once
+                hit &= np.arange(r0, r1)[:, None] < np.arange(c0, c1)[None, :]
+            yield r0, c0, hit
+
+
+def cell_candidates(z: np.ndarray, threshold: float, n_home: Optional[int] = None, block: int = BLOCK,
+                    device: Optional[str] = None):
+    """Candidate pairs among one cell's members z (candidate_blocks, collected): home x home
+    (a < b) and home x spilled (a home, b spilled); n_home None: every member is home.
+    Returns (a, b), positions in z."""
+    n = len(z)
+    n_home = n if n_home is None else int(n_home)
+    found_a, found_b = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    if n_home > 0 and n >= 2:
+        for r0, c0, hit in candidate_blocks(z, threshold, n_home, block, device):
+            a, b = np.nonzero(hit)
+            found_a.append(a.astype(np.int64) + r0), found_b.append(b.astype(np.int64) + c0)
+    return np.concatenate(found_a), np.concatenate(found_b)
 
 
 # A block whose projected filter passes more than this share of its pairs is compared in the full
@@ -313,49 +318,32 @@ def cell_pairs(z: np.ndarray, threshold: float, n_home: Optional[int] = None,
         full = zs
     members = (lambda pos: np.asarray(full(pos), dtype=np.float32)) if callable(full) else \
         (lambda pos: np.asarray(full[pos], dtype=np.float32))
-    half = 0.5 * np.einsum("ij,ij->i", zs, zs)
-    # |za - zb|^2 < chord^2  <=>  za.zb - |za|^2/2 - |zb|^2/2 > threshold - 1 (unit z: za.zb > threshold)
-    cut = float(threshold) - 1.0 - RESCORE_SLACK
     projected = full is not zs
-    zt = ht = None
-    if device is not None:
-        import torch
-
-        zt, ht = torch.from_numpy(zs).to(device), torch.from_numpy(half).to(device)
     counts = {"blocks": 0, "full_space_blocks": 0, "candidates": 0}
     found_a, found_b, found_s = [], [], []
-    for r0 in range(0, n_home, block):
-        r1 = min(r0 + block, n_home)
-        rows_full = None
-        for c0 in range(r0, n, block):  # upper-triangular among homes, then every spilled column
-            c1 = min(c0 + block, n)
-            if zt is not None:
-                g = (zt[r0:r1] @ zt[c0:c1].T - ht[r0:r1, None] - ht[None, c0:c1]).cpu().numpy()
-            else:
-                g = zs[r0:r1] @ zs[c0:c1].T
-                g -= half[r0:r1, None]
-                g -= half[None, c0:c1]
-            hit = g > cut
-            if c0 == r0:  # the diagonal block: each pair once
-                hit &= np.arange(r0, r1)[:, None] < np.arange(c0, c1)[None, :]
-            counts["blocks"] += 1
-            if projected and hit.sum() > UNSELECTIVE * hit.size:
-                counts["full_space_blocks"] += 1
-                if rows_full is None:
-                    rows_full = members(np.arange(r0, r1))
-                cols_full = rows_full if (c0, c1) == (r0, r1) else members(np.arange(c0, c1))
-                hit &= (rows_full @ cols_full.T) > float(threshold) - RESCORE_SLACK
-            a, b = np.nonzero(hit)
-            if len(a) == 0:
-                continue
-            a, b = a.astype(np.int64) + r0, b.astype(np.int64) + c0
-            counts["candidates"] += len(a)
-            for k in range(0, len(a), RESCORE_PAIRS):
-                pa, pb = a[k:k + RESCORE_PAIRS], b[k:k + RESCORE_PAIRS]
-                sim = rescore(full, pa, pb)
-                keep = sim > threshold
-                if keep.any():
-                    found_a.append(pa[keep]), found_b.append(pb[keep]), found_s.append(sim[keep].astype(np.float32))
+    rows_full = None  # the full vectors of the current row block, fetched once for its columns
+    for r0, c0, hit in candidate_blocks(zs, threshold, n_home, block, device):
+        r1, c1 = r0 + hit.shape[0], c0 + hit.shape[1]
+        if c0 == r0:
+            rows_full = None
+        counts["blocks"] += 1
+        if projected and hit.sum() > UNSELECTIVE * hit.size:
+            counts["full_space_blocks"] += 1
+            if rows_full is None:
+                rows_full = members(np.arange(r0, r1))
+            cols_full = rows_full if (c0, c1) == (r0, r1) else members(np.arange(c0, c1))
+            hit &= (rows_full @ cols_full.T) > float(threshold) - RESCORE_SLACK
+        a, b = np.nonzero(hit)
+        if len(a) == 0:
+            continue
+        a, b = a.astype(np.int64) + r0, b.astype(np.int64) + c0
+        counts["candidates"] += len(a)
+        for k in range(0, len(a), RESCORE_PAIRS):
+            pa, pb = a[k:k + RESCORE_PAIRS], b[k:k + RESCORE_PAIRS]
+            sim = rescore(full, pa, pb)
+            keep = sim > threshold
+            if keep.any():
+                found_a.append(pa[keep]), found_b.append(pb[keep]), found_s.append(sim[keep].astype(np.float32))
     if stats is not None:
         for key, value in counts.items():
             stats[key] = stats.get(key, 0) + value
