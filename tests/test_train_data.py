@@ -383,15 +383,17 @@ def test_workers_the_cluster_cannot_place_are_refused():
 
 
 def test_metrics_log_drops_records_of_a_killed_attempt(tmp_path):
-    from train.loop import MetricsLog
     from train.progress import format_record, plot_metrics, read_records
+    from train.run_log import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     recs = [{"kind": "epoch", "epoch": 1, "step": 5, "train_loss": 2.0, "val_loss": 2.1, "val_i2t_r10": 0.2},
             {"kind": "step", "epoch": 2, "step": 8, "loss": 1.9, "lr": 1e-4}]
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    MetricsLog(str(tmp_path), restored_step=5, enabled=True)
+    log = MetricsLog(str(tmp_path), restored_step=5)
     assert read_records(path) == recs[:1]
+    log.after_report(None, [{**recs[1], "placement_group_id": "ab12"}, {"kind": "step", "step": 8}], None)
+    assert read_records(path) == recs  # rank 0's record, without the bookkeeping key
     assert "epoch 1/3, step 5/15, train_loss 2.0000, val_loss 2.1000, i2t_r10 0.200" in format_record(recs[0], 3, 15)
     assert plot_metrics(read_records(path), tmp_path / "m.png", chance=0.05).stat().st_size > 1000
 

@@ -55,6 +55,48 @@ def test_training_state_round_trips_through_weights_only_load(tmp_path):
     assert state["optimizer"]["state"][0]["exp_avg"].shape == (2, 3)
 
 
+def test_checkpoints_are_found_in_the_run_or_in_a_storage_path_or_uri(tmp_path):
+    """Where a rerun resumes from: RUN/ray by default; with checkpoint.storage_path (a path or a
+    URI), a folder of its own per RUN. A damaged checkpoint is one line naming its file."""
+    from engine.core.errors import UserError
+    from train.checkpointing import checkpoint_storage, latest_checkpoint_step, save_state, training_state
+    from train.config import OptimSection, TrainConfig
+    from train.loop import make_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    opt, sched = make_optimizer(model, OptimSection(lr=0.1), total_steps=5)
+
+    def fill(storage, steps):
+        for i, step in enumerate(steps):
+            directory = Path(storage.uri.removeprefix("file://")) / f"checkpoint_{i:06d}"
+            directory.mkdir(parents=True)
+            save_state(training_state(model, opt, sched, epoch=i + 1, step=step), directory)
+
+    run = tmp_path / "run"
+    default = checkpoint_storage(TrainConfig(), run)
+    assert (default.path, default.name) == (str(run / "ray"), "train") and latest_checkpoint_step(default) == 0
+    fill(default, [3, 7])
+    assert latest_checkpoint_step(default) == 7
+
+    shared = TrainConfig.model_validate({"checkpoint": {"storage_path": str(tmp_path / "shared")}})
+    mine, other = checkpoint_storage(shared, run), checkpoint_storage(shared, tmp_path / "other" / "run")
+    assert mine.name.startswith("run-") and mine.name != other.name and mine == checkpoint_storage(shared, run)
+    fill(mine, [5])
+    assert latest_checkpoint_step(mine) == 5 and latest_checkpoint_step(other) == 0
+    as_uri = checkpoint_storage(TrainConfig.model_validate(
+        {"checkpoint": {"storage_path": f"file://{tmp_path / 'shared'}"}}), run)
+    assert latest_checkpoint_step(as_uri) == 5
+
+    (Path(mine.uri) / "checkpoint_000001").mkdir()
+    (Path(mine.uri) / "checkpoint_000001" / "progress.json").write_text('{"step": 9}')
+    (Path(mine.uri) / "checkpoint_000001" / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match=r"checkpoint_000001/state.pt: not a readable syncxr checkpoint"):
+        latest_checkpoint_step(mine)
+    (Path(mine.uri) / "checkpoint_000001" / "progress.json").write_text("{")
+    with pytest.raises(UserError, match=r"checkpoint_000001/progress.json: damaged checkpoint record"):
+        latest_checkpoint_step(mine)
+
+
 def test_zero_shot_hook_is_resolved_by_name():
     from eval.validation import phantom_zero_shot
     from train.hooks import resolve_hook

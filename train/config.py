@@ -96,6 +96,9 @@ class OptimSection(Section):
 
 class CheckpointSection(Section):
     num_to_keep: int = Field(2, ge=1)
+    # Ray Train's storage_path: a directory every node mounts, or a URI pyarrow opens (s3://, gs://);
+    # null keeps them in RUN/ray, which on a multi-node cluster needs RUN on a shared disk
+    storage_path: Optional[str] = None
 
 
 class TrainConfig(Section):

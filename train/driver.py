@@ -2,8 +2,10 @@
 
 Images are decoded once, by Ray Data tasks, before the workers start (train/data/pipeline.py).
 RUN/ holds: split.json (train/validation ids by source), model_init/ (the starting weights and
-tokenizer every worker loads), ray/ (Ray Train storage: checkpoints), metrics.jsonl, metrics.png,
-model/ (final weights, `load_model(RUN/model)`), run.json (config, data summary, result).
+tokenizer, sent to every worker through Ray's object store), ray/ (Ray Train storage: checkpoints, unless checkpoint.storage_path
+puts them elsewhere), metrics.jsonl, metrics.png, model/ (final weights from the last checkpoint,
+`load_model(RUN/model)`), run.json (config, data summary, result, where the checkpoints are).
+Only the driver writes here (train/run_log.py).
 Rerunning the same command resumes from the latest checkpoint (same Ray Train name and storage).
 """
 from __future__ import annotations
@@ -15,14 +17,13 @@ from typing import Optional
 
 from engine.core.errors import UserError
 from engine.core.ownership import check_claim, claim, input_digest, update_marker, value_digest
-from train.checkpointing import latest_checkpoint_step
+from train.checkpointing import checkpoint_storage, directory_files, latest_checkpoint_step
 from train.config import TrainConfig
 from train.data.pipeline import build_datasets, load_sources, plan_data, training_texts
 from train.hooks import VALIDATION_HOOKS
-from train.loop import METRICS_FILE, MetricsLog, threads_for, train_loop_per_worker, train_shard_name
+from train.loop import threads_for, train_loop_per_worker, train_shard_name
 from train.progress import Tail, plot_metrics, read_records
-
-RAY_RUN_NAME = "train"
+from train.run_log import METRICS_FILE, MetricsLog, public_record
 
 
 class TrainingStopped(UserError):
@@ -105,19 +106,20 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
     datasets = {train_shard_name(rank): shard for rank, shard in enumerate(data.train)}
     datasets["val"] = data.val
 
+    storage = checkpoint_storage(cfg, run_dir)
+    resume_step = latest_checkpoint_step(storage)
     run_config = RunConfig(
-        name=RAY_RUN_NAME, storage_path=str(run_dir / "ray"),
+        name=storage.name, storage_path=storage.path,
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
-        failure_config=FailureConfig(max_failures=0), callbacks=callbacks or None)
+        failure_config=FailureConfig(max_failures=0),
+        callbacks=[MetricsLog(run_dir, resume_step), *(callbacks or [])])
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg.model_dump(), "init_model_dir": str(init_dir), "run_dir": str(run_dir),
+        train_loop_config={"train": cfg.model_dump(), "init_model": ray.put(directory_files(init_dir)),
                            "steps_per_epoch": steps_per_epoch, "hooks": VALIDATION_HOOKS.entries()},
         scaling_config=scaling_config(cfg.scaling), run_config=run_config,
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=[]))
     total_steps = steps_per_epoch * cfg.epochs
-    resume_step = latest_checkpoint_step(run_dir / "ray")
-    MetricsLog(str(run_dir), resume_step, enabled=True)  # drop a killed attempt's records (rank 0 does too)
     if show_progress:
         left_out = [f"{n} {source} rows {reason.replace('_', ' ')}" for source, reasons in plan.skipped_index.items()
                     for reason, n in reasons.items()]  # e.g. rows with an empty report
@@ -136,17 +138,39 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
     seconds = time.perf_counter() - t0
     records = read_records(run_dir / METRICS_FILE)
     plot_metrics(records, run_dir / "metrics.png", chance=min(10, plan.n_val) / plan.n_val)
-    final = result.metrics or (records[-1] if records else {})
+    final = public_record(result.metrics or (records[-1] if records else {}))
     if records and records[-1].get("kind") == "stopped":
         final = records[-1]  # Ray reports the metrics of the last checkpoint, not of the stop
+    elif result.checkpoint is not None:
+        save_final_model(result.checkpoint, init_dir, run_dir / "model")
     decoded = {"train_valid": data.n_valid, "train_undecodable": data.n_invalid, "val_undecodable": data.val_invalid,
                "first_error": data.first_error}
     update_marker(run_dir, config=cfg.model_dump(), data={**plan.summary(), "decoded": decoded},
-                  steps_per_epoch=steps_per_epoch, planned_steps=total_steps, fit_seconds=seconds, final=final)
+                  steps_per_epoch=steps_per_epoch, planned_steps=total_steps, fit_seconds=seconds, final=final,
+                  checkpoints=storage.uri)
     if final.get("nonfinite_step"):
         raise TrainingStopped(f"non-finite loss at step {final['nonfinite_step']}: stopped, "
-                              f"the last good checkpoint is kept under {run_dir / 'ray'}")
+                              f"the last good checkpoint is kept under {storage.uri}")
     return final
+
+
+def save_final_model(checkpoint, init_dir: Path, model_dir: Path) -> None:
+    """RUN/model from the run's last checkpoint, on the driver (fetched from the storage where the
+    workers put it): the starting model with the trained weights, whole or absent."""
+    import shutil
+
+    from train.checkpointing import load_state
+    from train.models import load_model
+
+    with checkpoint.as_directory() as directory:
+        state = load_state(directory)
+    model = load_model(str(init_dir))
+    model.load_state_dict(state["model"])
+    tmp = model_dir.with_name(model_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp.rename(model_dir)
 
 
 def run_inputs(cfg: TrainConfig, synthetic: Optional[str], real: Optional[str]) -> dict:

@@ -6,29 +6,30 @@ of the decoded frames (train/data/pipeline.py) into memory once (train/data/cach
 a seeded permutation of the shard, one optimizer step per batch of `batch_size` rows (a seeded
 random view of each frame when augmentation is on, the centre crop otherwise), then on rank 0
 validation on the held-out pairs (loss and recall@1/5/10 both ways, plus the optional zero-shot
-hook) and a checkpoint, through `ray.train.report` (every rank calls it once per epoch: it is a
-barrier). Rank 0 also appends each record to RUN/metrics.jsonl, which the driver tails for
-progress lines. With one worker, two runs of the same command give the same numbers.
+hook) and a checkpoint, through `ray.train.report` (every rank calls it once per epoch, and every
+`log_every_steps`: it is a barrier). A worker writes nothing into RUN: the driver's callback logs
+the reported records (train/run_log.py) and takes the final weights from the last checkpoint, so
+the workers need not share the driver's disk. With one worker, two runs of the same command give
+the same numbers.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-from train.checkpointing import report_with_checkpoint, restore, training_state
+from train.checkpointing import report_with_checkpoint, restore, training_state, write_files
 from train.config import TrainConfig
 from train.data.cache import epoch_batches
 from train.hooks import register_hooks, resolve_hook
 from train.retrieval import retrieval_metrics
+from train.run_log import PLACEMENT_GROUP_KEY
 
-METRICS_FILE = "metrics.jsonl"
 READ_BATCH = 256  # rows per batch when a worker reads its shard into memory
 
 
@@ -141,38 +142,19 @@ def validate(model, val_cache, vcfg, device, autocast) -> dict:
     return out
 
 
-PLACEMENT_GROUP_FILE = "placement_group.json"
-
-
-def record_placement_group(run_dir: Path) -> None:
-    """The worker group's placement group id, in RUN/: when Tune stops a trial it kills the
-    trial's Train controller before it can release the group, and Ray Train's own cleaner needs
-    the State API (a dashboard), which the embedded Ray has not got; train/tune.py releases it."""
+def placement_group_id() -> str | None:
+    """The worker group's placement group, named in rank 0's records: when Tune stops a trial it
+    kills the trial's Train controller before it can release the group, and Ray Train's own
+    cleaner needs the State API (a dashboard), which the embedded Ray has not got; train/tune.py
+    releases it."""
     from ray.util import get_current_placement_group
 
     pg = get_current_placement_group()
-    if pg is not None:
-        (run_dir / PLACEMENT_GROUP_FILE).write_text(json.dumps({"id": pg.id.hex()}))
-
-
-class MetricsLog:
-    """RUN/metrics.jsonl, written by rank 0. On resume, records past the restored step (from the
-    attempt that was killed) are dropped so the file reads as one uninterrupted run."""
-
-    def __init__(self, run_dir: Optional[str], restored_step: int, enabled: bool):
-        self.path = Path(run_dir) / METRICS_FILE if run_dir and enabled else None
-        if self.path and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= restored_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, record: dict) -> None:
-        if self.path:
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+    return pg.id.hex() if pg is not None else None
 
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
+    import ray
     import ray.train
     import ray.train.torch
     from train.models import load_model
@@ -190,7 +172,8 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     claim_priority()
     torch.set_num_threads(threads_for(cfg.scaling.cpus_per_worker))
     torch.manual_seed(cfg.seed + rank)
-    model = load_model(loop_cfg["init_model_dir"])  # identical start on every rank
+    with tempfile.TemporaryDirectory(prefix="syncxr-init-") as init_dir:  # identical start on every rank
+        model = load_model(str(write_files(ray.get(loop_cfg["init_model"]), init_dir)))
     cache = read_cache(ray.train.get_dataset_shard(train_shard_name(rank)), model.resize_to)
     val_cache = read_cache(ray.train.get_dataset_shard("val"), model.resize_to) if rank == 0 else None
     # every rank takes the same number of steps (DDP): the planned count, or fewer if a shard is short
@@ -207,9 +190,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
         for key, value in state.items():
             if torch.is_tensor(value):
                 state[key] = value.to(device)
-    log = MetricsLog(loop_cfg.get("run_dir"), step, rank == 0)
-    if rank == 0 and loop_cfg.get("run_dir"):
-        record_placement_group(Path(loop_cfg["run_dir"]))
+    group = {PLACEMENT_GROUP_KEY: placement_group_id()} if rank == 0 else {}
     hook = resolve_hook(cfg.validation.zero_shot)
     augment = augment_settings(model.config.get("augment"), cfg.data) if cfg.data.augment else None
     log_every = cfg.log_every_steps
@@ -241,21 +222,20 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             n_steps += 1
             seen += len(texts)
             loss_sum += float(loss.detach())
-            if log_every and step % log_every == 0:
-                log.write({"kind": "step", "epoch": epoch + 1, "step": step, "loss": float(loss.detach()),
-                           "lr": scheduler.get_last_lr()[0]})
+            if log_every and step % log_every == 0:  # every rank: a report is a barrier
+                ray.train.report({"kind": "step", "epoch": epoch + 1, "step": step, "loss": float(loss.detach()),
+                                  "lr": scheduler.get_last_lr()[0], **group})
         if bad_step is not None:
             # stop here: no checkpoint of the broken weights, the last good one stays the latest
-            record = {"kind": "stopped", "epoch": epoch + 1, "step": bad_step, "nonfinite_step": bad_step}
-            log.write(record)
-            ray.train.report(record)
+            ray.train.report({"kind": "stopped", "epoch": epoch + 1, "step": bad_step, "nonfinite_step": bad_step,
+                              **group})
             return
         seconds = time.perf_counter() - t0
         seen, truncated = (int(v) for v in _all_sum([seen, truncated], world))
         record = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(n_steps, 1),
                   "samples_per_s": seen / seconds if seconds else 0.0, "epoch_seconds": seconds,
                   "train_pairs_seen": seen, "skipped_images": skipped, "truncated_reports": truncated,
-                  "lr": scheduler.get_last_lr()[0]}
+                  "lr": scheduler.get_last_lr()[0], **group}
         state = None
         if rank == 0:
             record.update(validate(core, val_cache, cfg.validation, device, autocast))
@@ -264,8 +244,4 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                 record.update(hook(core, device, cfg))
                 core.train()
             state = training_state(core, optimizer, scheduler, epoch + 1, step)
-            log.write(record)
-        report_with_checkpoint(record, state)
-
-    if rank == 0 and loop_cfg.get("run_dir"):
-        core.save_pretrained(str(Path(loop_cfg["run_dir"]) / "model"))
+        report_with_checkpoint(record, state)  # the driver takes the final weights from the last one

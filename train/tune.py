@@ -11,7 +11,6 @@ run directory, as `syncxr train` writes it) and ray/ (Tune's experiment state).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ from engine.core.errors import ConfigError
 from train.config import TrainConfig, TuneConfig, load_train_config
 from train.data.mixing import max_total
 from train.hooks import VALIDATION_HOOKS, register_hooks
+from train.run_log import PLACEMENT_GROUP_KEY
 
 TUNE_RUN_NAME = "tune"
 TRIAL_DRIVER_CPU = 0.01
@@ -36,7 +36,6 @@ def trial_train_config(base: dict, ratio: float, lr: float, total: int) -> Train
 def run_trial(config: dict) -> None:
     """The Tune function: one TorchTrainer run, reporting to Tune through TuneReportCallback."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from train.driver import run_training
 
@@ -44,7 +43,7 @@ def run_trial(config: dict) -> None:
     cfg = trial_train_config(config["base"], config["ratio"], config["lr"], config["total"])
     run_dir = Path(config["out"]) / "trials" / ray.tune.get_context().get_trial_id()
     run_training(cfg, run_dir, synthetic=config["synthetic"], real=config["real"],
-                 callbacks=[TuneReportCallback()], show_progress=False, reserved_cpus=config["reserved_cpus"])
+                 callbacks=[epoch_reports()], show_progress=False, reserved_cpus=config["reserved_cpus"])
 
 
 def common_total(cfg: TrainConfig, synthetic: Optional[str], real: Optional[str], ratios: list[float]) -> int:
@@ -100,42 +99,57 @@ def load_tune_config(path) -> tuple[TuneConfig, TrainConfig, Path]:
     return tcfg, cfg, Path(found)
 
 
-def release_placement_group(run_dir: Path) -> bool:
-    """Remove the Train worker group's placement group a stopped trial left behind (see
-    train/loop.py: record_placement_group). Its workers died with their controller; without this
-    the group keeps their CPUs reserved and every later trial waits forever. True if removed."""
+def release_placement_group(group_id: Optional[str]) -> bool:
+    """Remove the Train worker group's placement group a stopped trial left behind (its id comes
+    in the trial's results: train/loop.py, placement_group_id). Its workers died with their
+    controller; without this the group keeps their CPUs reserved and every later trial waits
+    forever. True if removed."""
     import ray
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    from train.loop import PLACEMENT_GROUP_FILE
-
-    path = Path(run_dir) / PLACEMENT_GROUP_FILE
-    if not path.is_file():
+    if not group_id:
         return False
-    pg = PlacementGroup(PlacementGroupID(bytes.fromhex(json.loads(path.read_text())["id"])))
+    pg = PlacementGroup(PlacementGroupID(bytes.fromhex(group_id)))
     if ray.util.placement_group_table(pg).get("state") in (None, "REMOVED"):
         return False
     remove_placement_group(pg)
     return True
 
 
+def epoch_reports():
+    """TuneReportCallback for epoch records only: a trial's step records (log_every_steps) are
+    progress, and counted by ASHA as training iterations they would stop trials too early."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochReports(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and metrics[0].get("kind") != "step":
+                super().after_report(run_context, metrics, checkpoint)
+
+    return EpochReports()
+
+
 class _TrialLines:
     """A Tune callback printing one line per trial result and end (instead of Tune's tables), and
     releasing a finished or stopped trial's worker placement group."""
 
-    def __new__(cls, metric: str, epochs: int, out: Path):
+    def __new__(cls, metric: str, epochs: int):
         from ray.tune import Callback
 
         class TrialLines(Callback):
+            def __init__(self):
+                self.groups = {}  # trial id -> its worker group's placement group, from its results
+
             def _release(self, trial):
-                if release_placement_group(out / "trials" / trial.trial_id):
+                if release_placement_group(self.groups.pop(trial.trial_id, None)):
                     print(f"  {trial.trial_id}: released the placement group of its stopped workers", flush=True)
 
             def on_trial_error(self, iteration, trials, trial, **info):
                 self._release(trial)
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
+                self.groups[trial.trial_id] = result.get(PLACEMENT_GROUP_KEY) or self.groups.get(trial.trial_id)
                 print(f"  {trial.trial_id} ratio {trial.config['ratio']:g} lr {trial.config['lr']:g}: "
                       f"epoch {result.get('epoch')}/{epochs} {metric} {result.get(metric, float('nan')):.3f}", flush=True)
 
@@ -198,7 +212,7 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
         tune_config=tune.TuneConfig(metric=metric, mode=tcfg.mode, scheduler=scheduler,
                                     max_concurrent_trials=tcfg.max_concurrent_trials, num_samples=tcfg.num_samples),
         run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=str(out / "ray"), verbose=1 if verbose else 0,
-                                  callbacks=[_TrialLines(metric, cfg.epochs, out)]),
+                                  callbacks=[_TrialLines(metric, cfg.epochs)]),
     )
     grid = tuner.fit()
     rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs)
