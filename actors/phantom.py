@@ -1,13 +1,16 @@
 """The `phantom` image backend: a deterministic, entity-conditioned frontal CXR renderer that
 needs no weights, plus its Ray Data stage.
 
-render_phantom(entities, seed, size) -> PhantomResult(image uint8, masks, provenance).
-Each finding draws from its own random stream (seed + the entity's text), so adding a finding
+render_phantom(entities, seed, size, report=None) -> PhantomResult(image uint8, masks, provenance).
+Given the report written for the entities, a finding is drawn where the report's sentence about
+it says (a text-to-image model reads the report too, so image and text agree on laterality);
+without one, the ANATOMY entities lend their places in order. Each finding draws from its own random stream (seed + the entity's text), so adding a finding
 never moves the others, and the same (entities, seed, size) always gives the same bytes.
 Side convention: the patient's LEFT is on the image RIGHT (radiological display).
 """
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -34,7 +37,7 @@ class FindingPlan:
     type: str
     finding: str
     where: Where
-    source: str  # where the side/zone came from: "entity", "anatomy" or "default"
+    source: str  # where the side/zone came from: "report", "entity", "anatomy" or "default"
 
 
 @dataclass
@@ -57,9 +60,22 @@ def _entity(e: Any, i: int) -> tuple[str, str]:
     return text.strip(), etype
 
 
-def plan_findings(entities) -> tuple[list[FindingPlan], dict]:
-    """Decide what to draw and where. ANATOMY entities lend their side/zone, in order, to the
-    lateralisable findings that do not name their own; negated entities draw nothing."""
+_SENTENCE_END = re.compile(r"(?<=[.;])\s+|\n+")
+
+
+def report_sentence(report: Optional[str], entity: str) -> Optional[str]:
+    """The first sentence of `report` that names `entity` (whole words, any case), or None."""
+    if not report:
+        return None
+    rx = re.compile(rf"(?<![\w-]){re.escape(entity)}(?![\w-])", re.I)
+    return next((s for s in _SENTENCE_END.split(report) if rx.search(s)), None)
+
+
+def plan_findings(entities, report: Optional[str] = None) -> tuple[list[FindingPlan], dict]:
+    """Decide what to draw and where; negated entities draw nothing. A finding the report names
+    goes where that sentence places it (nowhere in particular if it names no place); otherwise
+    the ANATOMY entities lend their side/zone, in order, to the lateralisable findings that do not
+    name their own."""
     items = [_entity(e, i) for i, e in enumerate(entities or [])]
     anatomy = [parse_location(t) for t, ty in items if ty == ANATOMY]
     places = [w for w in anatomy if w.side or w.zone]
@@ -76,7 +92,10 @@ def plan_findings(entities) -> tuple[list[FindingPlan], dict]:
             continue
         drawer = DRAWERS[name]
         own = parse_location(text)
-        if own.side:
+        sentence = report_sentence(report, text)
+        if sentence is not None:
+            where, source = parse_location(sentence), "report"
+        elif own.side:
             where, source = own, "entity"
         elif drawer.lateral and places:  # the finding's own zone (if any) wins over the lent one
             lent = places[j % len(places)]
@@ -178,11 +197,12 @@ def _warp_mask(mask: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.n
     return out
 
 
-def render_phantom(entities, seed: int, size: int = 256) -> PhantomResult:
-    """Draw one frontal CXR phantom for an entity list. Raises ValueError for malformed input."""
+def render_phantom(entities, seed: int, size: int = 256, report: Optional[str] = None) -> PhantomResult:
+    """Draw one frontal CXR phantom for an entity list (placed as `report` says, when given).
+    Raises ValueError for malformed input."""
     if not isinstance(size, (int, np.integer)) or size < 32:
         raise ValueError(f"size must be an integer >= 32, got {size!r}")
-    plans, info = plan_findings(entities)
+    plans, info = plan_findings(entities, report)
     anat = _rng(seed, 1)
     template = int(anat.integers(N_TEMPLATES))
     inflated = any(p.finding == "emphysema" for p in plans)
@@ -242,8 +262,9 @@ def render_phantom(entities, seed: int, size: int = 256) -> PhantomResult:
 
 
 class PhantomStage(ImageBackend):
-    """Ray Data stage: rows with sample_id, entities, seed -> image, masks, provenance.
-    A row that fails is returned with ok=False and the reason; the batch carries on."""
+    """Ray Data stage: rows with sample_id, entities, seed (and the report's findings and
+    impression, when the rows have them) -> image, masks, provenance. A row that fails is
+    returned with ok=False and the reason; the batch carries on."""
 
     name = "phantom"
     reads = ("sample_id", "entities", "seed")
@@ -261,12 +282,19 @@ class PhantomStage(ImageBackend):
                 seed = batch["seed"][i]
                 if seed is None or (isinstance(seed, float) and np.isnan(seed)):
                     raise ValueError("seed is missing")
-                res = render_phantom(entities, int(seed), self.size)
+                res = render_phantom(entities, int(seed), self.size, report_text(batch, i))
                 encode_result(out, sid, res.image, res.masks, res.provenance)
             except Exception as exc:  # noqa: BLE001 - a bad row is a rejected row, never a crashed batch
                 reject_row(out, sid, row_reason("phantom", "error", f"{type(exc).__name__}: {exc}"),
                            {"backend": "phantom", "seed": _int_or(batch["seed"][i]), "size": self.size})
         return finish_output(out)
+
+
+def report_text(batch: dict, i: int) -> Optional[str]:
+    """Row i's findings and impression (plan rows have none: None)."""
+    parts = [batch[c][i] for c in ("findings", "impression") if c in batch]
+    parts = [str(p).strip() for p in parts if isinstance(p, str) and p.strip()]
+    return "\n".join(parts) or None
 
 
 def _row_entities(value) -> list[dict]:

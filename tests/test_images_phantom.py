@@ -132,6 +132,31 @@ def test_plan_lends_anatomy_to_findings_in_order_and_own_location_wins():
     assert info["anatomy"] == ["left upper lobe", "right lower lobe", "heart"]
 
 
+def test_a_finding_the_report_places_is_drawn_where_its_sentence_says():
+    """The template writer and the anchor-in-order rule place anatomy differently: an image drawn
+    from the entities alone put 27% of the findings whose sentence names a side on the other side
+    (133 of 491 in a 2,000-sample synth run). With the report, its sentence decides."""
+    ents = [ab("consolidation"), ab("nodule"), ab("atelectasis"), anat("right upper lobe"), anat("left lung base")]
+    report = ("There is consolidation in the left lung base. The right upper lobe is visualized. Nodule is seen.\n"
+              "Atelectasis.")
+    by = {p.entity: p for p in plan_findings(ents, report)[0]}
+    assert (by["consolidation"].where.side, by["consolidation"].where.zone, by["consolidation"].source) == \
+        ("left", "lower", "report")
+    assert (by["nodule"].where.side, by["nodule"].source) == (None, "report")  # the report names no place
+    assert (by["atelectasis"].where.side, by["atelectasis"].where.zone) == (None, "lower")  # its default zone
+    # without the report, the anatomy is lent in order: consolidation would be on the right
+    assert plan_findings(ents)[0][0].where.side == "right"
+    res = render_phantom(ents, 3, SIZE, report=report)
+    assert [(m["entity"], m["side"]) for m in res.masks][0] == ("consolidation", "left")
+
+    stage = PhantomStage({"backend": "phantom", "size": SIZE})
+    out = stage({"sample_id": np.array(["a", "b"], dtype=object), "entities": object_column([ents, ents]),
+                 "seed": np.array([3, 3]), "findings": np.array([report.split("\n")[0], ""], dtype=object),
+                 "impression": np.array(["Atelectasis.", None], dtype=object)})
+    assert decode_png(out["image"][0]["bytes"]).tolist() == res.image.tolist()
+    assert out["masks"][1][0]["side"] == "right"  # a row without a report: the anatomy rule
+
+
 @pytest.mark.parametrize("text,expected", [
     ("left pleural effusion", "pleural effusion"), ("small right apical pneumothorax", "pneumothorax"),
     ("Kerley B lines", "pulmonary edema"), ("pulmonary vascular congestion", "pulmonary edema"),
