@@ -4,8 +4,9 @@ needs no weights, plus its Ray Data stage.
 render_phantom(entities, seed, size, report=None) -> PhantomResult(image uint8, masks, provenance).
 Given the report written for the entities, a finding is drawn where the report's sentence about
 it says (a text-to-image model reads the report too, so image and text agree on laterality);
-without one, the ANATOMY entities lend their places in order. Each finding draws from its own random stream (seed + the entity's text), so adding a finding
-never moves the others, and the same (entities, seed, size) always gives the same bytes.
+without one, the ANATOMY entities lend their places in order. Each finding draws from its own
+random stream (seed + the entity's text), so adding a finding never moves the others, and the
+same (entities, seed, size, report) always gives the same bytes.
 Side convention: the patient's LEFT is on the image RIGHT (radiological display).
 """
 from __future__ import annotations

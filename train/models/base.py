@@ -89,7 +89,7 @@ class ContrastiveModel(nn.Module):
         """The loss and its parts (directions, global/local) as numbers, this rank only: for
         diagnostics; the training step uses `loss` and never waits on these."""
         loss, terms = self.compute_loss(features)
-        return {"loss": float(loss), **{k: float(v) for k, v in terms.items()}}
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
 
     def embed_image(self, images) -> torch.Tensor:
         return F.normalize(self.encode_image(images)["image_global"], dim=-1)
