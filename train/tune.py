@@ -34,7 +34,7 @@ def trial_train_config(base: dict, ratio: float, lr: float, total: int) -> Train
 
 
 def run_trial(config: dict) -> None:
-    """The Tune function: one TorchTrainer run, reporting to Tune through TuneReportCallback."""
+    """The Tune function: one TorchTrainer run, reporting its epoch records to Tune."""
     import ray.tune
 
     from train.driver import run_training
