@@ -270,6 +270,10 @@ class PhantomStage(ImageBackend):
     name = "phantom"
     reads = ("sample_id", "entities", "seed")
 
+    @classmethod
+    def can_draw(cls, entity_text: str) -> bool:
+        return finding_for(entity_text) is not None
+
     def __init__(self, config: Optional[dict] = None):
         self.settings = stage_settings(config)
         self.size = int(self.settings["size"])

@@ -97,3 +97,32 @@ def test_long_tail_measures():
     table = count_entities([[{"text": "a", "type": "ANATOMY"}, {"text": "a", "type": "ANATOMY"}],
                             [{"text": "a", "type": "ANATOMY"}, {"text": "b", "type": "DISEASE"}]])
     assert table.to_pylist() == [{"text": "a", "type": "ANATOMY", "count": 2}, {"text": "b", "type": "DISEASE", "count": 1}]
+
+
+def test_drawable_only_keeps_the_present_findings_the_image_backend_draws():
+    """`plan.drawable_only`: the phantom draws "pleural effusion" and "pneumonia" but not
+    "tortuous aorta" or "scoliosis"; negations and anatomy stay; a text-to-image backend keeps all."""
+    from engine.core.config import load_config
+    from engine.core.errors import ConfigError
+    from engine.plan.write import make_plan
+
+    rows = [("pleural effusion", "ABNORMALITY", 40), ("tortuous aorta", "ABNORMALITY", 30),
+            ("pneumonia", "DISEASE", 20), ("scoliosis", "DISEASE", 25), ("tortuous aorta", "NON-ABNORMALITY", 10),
+            ("left lung base", "ANATOMY", 30), ("right apex", "ANATOMY", 20)]
+    table = pa.table({"text": [r[0] for r in rows], "type": [r[1] for r in rows], "count": [r[2] for r in rows]})
+    plan_cfg = {"k": 2, "m": 1, "seed": 3}
+    _, vocab = make_plan(load_config(None, {"plan": {**plan_cfg, "drawable_only": True}}), 40, table)
+    assert sorted(vocab.clinical) == [("pleural effusion", "ABNORMALITY"), ("pneumonia", "DISEASE"),
+                                      ("tortuous aorta", "NON-ABNORMALITY")]
+    assert len(vocab.anatomy) == 2
+    plan, _ = make_plan(load_config(None, {"plan": {**plan_cfg, "drawable_only": True}}), 40, table)
+    texts = {(e["text"], e["type"]) for ents in plan.column("entities").to_pylist() for e in ents}
+    assert ("scoliosis", "DISEASE") not in texts and ("tortuous aorta", "ABNORMALITY") not in texts
+    assert ("pleural effusion", "ABNORMALITY") in texts
+    _, everything = make_plan(load_config(None, {"plan": plan_cfg}), 40, table)
+    assert len(everything.clinical) == 5
+    _, diffusion = make_plan(load_config(None, {"plan": {**plan_cfg, "drawable_only": True},
+                                                "images": {"backend": "diffusers"}}), 40, table)
+    assert len(diffusion.clinical) == 5  # a text-to-image model draws any text
+    with pytest.raises(ConfigError, match="drawable_only"):
+        load_config(None, {"plan": {"mode": "corpus", "drawable_only": True}})

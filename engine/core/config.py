@@ -127,6 +127,17 @@ class PlanConfig(Section):
     # balanced: the sampler above; corpus: one sample per corpus report, with that report's own
     # entities (the "real-like" arm of `syncxr experiment`: real texts and their long tail)
     mode: Literal["balanced", "corpus"] = "balanced"
+    # balanced plan over only the present findings the configured image backend can draw
+    # (phantom: its keyword rules; a text-to-image model draws any text); negated and anatomy
+    # entities stay, since an image shows an absence whatever the backend
+    drawable_only: bool = False
+
+    @model_validator(mode="after")
+    def _drawable_needs_balanced(self):
+        if self.drawable_only and self.mode != "balanced":
+            raise ValueError("drawable_only restricts the balanced plan's vocabulary; mode 'corpus' keeps "
+                             "each report's own entities")
+        return self
 
 
 class StageBackend(Section):

@@ -145,6 +145,12 @@ class ImageBackend(Backend):
     writes = ("sample_id", "image", "masks", "provenance", "ok", "reasons")
 
     @classmethod
+    def can_draw(cls, entity_text: str) -> bool:
+        """Whether this backend shows a present finding of this name (`plan.drawable_only`): a
+        text-to-image model draws from any text."""
+        return True
+
+    @classmethod
     def settings(cls, section, cfg) -> dict:
         """The constructor's `config` dict, checked on the driver (model paths resolved)."""
         cls.check(section, cfg)
