@@ -89,6 +89,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
     synthetic, real = synthetic or cfg.data.synthetic, real or cfg.data.real
     inputs = run_inputs(cfg, synthetic, real)
     check_claim(run_dir, "train", inputs)  # another command's or another run's directory: refused before any work
+    # an unreadable storage_path or a damaged checkpoint: one line before any decoding or claim
+    storage = checkpoint_storage(cfg, run_dir)
+    resume_step = latest_checkpoint_step(storage)
     check_resources(cfg, ray.cluster_resources(), reserved_cpus)
     if not verbose:
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -106,8 +109,6 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, synthetic: Optional[str]
     datasets = {train_shard_name(rank): shard for rank, shard in enumerate(data.train)}
     datasets["val"] = data.val
 
-    storage = checkpoint_storage(cfg, run_dir)
-    resume_step = latest_checkpoint_step(storage)
     run_config = RunConfig(
         name=storage.name, storage_path=storage.path,
         checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
