@@ -1,6 +1,7 @@
 """Zero-shot AUC as the validation metric of `syncxr train` and `syncxr tune`: a hook for
 `validation.zero_shot: phantom` (train/hooks.py registers it by this path). It scores the model on a small,
-fixed phantom test set (the five common findings), drawn once per process and reused every epoch."""
+fixed phantom set (the five common findings: the validation split, never the test split that final
+scores use, since Tune's ASHA selects on it), drawn once per process and reused every epoch."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -16,13 +17,13 @@ def _frames(image_size: int, resize_to: int, per_class: int):
     from train.models.frame import to_input
 
     ds = build_dataset("phantom-5x200", n=per_class, seed=0)  # drawn as `syncxr eval` draws them
-    rows = ds.split("test")
+    rows = ds.split("valid")
     x, _, _ = load_rows(ds, rows, None, image_size, resize_to, with_masks=False)
     return to_input(x), ds.labels(rows), list(ds.classes)
 
 
 def phantom_zero_shot(model, device, train_config=None, per_class: int = PER_CLASS) -> dict:
-    """{val_zero_shot_auc, val_zero_shot_acc} of `model` on the phantom five-finding test split."""
+    """{val_zero_shot_auc, val_zero_shot_acc} of `model` on the phantom five-finding validation split."""
     import torch
 
     from eval.zero_shot import zero_shot_classification

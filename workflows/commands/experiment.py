@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 DESCRIPTION = (
-    "The paper's comparison in a controlled world. Builds two datasets of N pairs with the engine: "
-    "'synthetic' (the balanced plan, full QC) and 'real-like' (the corpus's own reports, drawn by the "
-    "phantom from their own entities, with a share of unpaired pairs and of low-quality images), then "
-    "trains the same model with the same step budget on real, synthetic, mixed-concat and mixed-ratio "
-    "data for each seed, and scores each zero-shot on the phantom test sets of the common and the rare "
-    "findings. Writes DIR/results.json, DIR/results.md (mean and spread over seeds per arm) and "
-    "DIR/results.png; datasets, runs and per-run evaluations stay under DIR/data, DIR/runs, DIR/eval. "
-    "Rerunning reuses finished datasets.")
+    "The paper's comparison in a controlled world. Builds with the engine a 'synthetic' dataset of N "
+    "pairs (the balanced plan, full QC), a 'synthetic-drawable' one (the plan restricted to what the "
+    "phantom draws) and a 'real-like' one (the corpus's own reports drawn by the phantom from their own "
+    "entities, a share unpaired, a share of low-quality images). Trains the same model with the same step "
+    "budget on each arm (real, synthetic, synthetic-drawable, mixed-concat, mixed-ratio) for each seed, "
+    "and the synthetic arm at the smaller sizes of `scale`; scores each zero-shot on the phantom test "
+    "sets of the common and the rare findings. Writes DIR/results.json (runs, per-class AUCs, data "
+    "cards, comparisons), DIR/results.md (mean and spread per arm, paired differences with t and "
+    "bootstrap intervals, one sentence each), DIR/results.png and DIR/scale.png; datasets, runs and "
+    "their raw test scores stay under DIR/data and DIR/runs. Rerunning reuses finished datasets and runs.")
 
 
 def register(sub) -> None:

@@ -1,0 +1,74 @@
+"""The zero-shot test sets a trial is scored on (the phantom sets of the common and of the rare
+findings, test split), drawn once per process and per model geometry, and the scores each model
+gives them: per-class AUCs for tables, the raw [N, C] scores for paired bootstraps."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SETS = {"common": "phantom-5x200", "rare": "phantom-rare"}
+SCORES_FILE = "zero_shot_scores.npz"
+
+
+@dataclass
+class TestSets:
+    per_class: int = 200  # images per class: the per-class AUC's own sampling error stays small
+    size: int = 128  # rendering size, before the model's own frame
+    batch_size: int = 50
+    _frames: dict = field(default_factory=dict, repr=False)
+
+    def _load(self, key: str, image_size: int, resize_to: int):
+        k = (key, image_size, resize_to)
+        if k not in self._frames:
+            from eval.datasets import build_dataset
+            from eval.loading import load_rows
+            from train.models.frame import to_input
+
+            ds = build_dataset(SETS[key], n=self.per_class, seed=0, size=self.size)
+            rows = ds.split("test")
+            x, _, _ = load_rows(ds, rows, None, image_size, resize_to)
+            self._frames[k] = (to_input(x), np.asarray(ds.labels(rows)), list(ds.classes), ds.kind)
+        return self._frames[k]
+
+    def labels(self, key: str) -> np.ndarray:
+        """The test labels of one set ([N, C]); they do not depend on the model's frame."""
+        if not any(k[0] == key for k in self._frames):
+            raise KeyError(f"{key}: score a model first")
+        return next(v[1] for k, v in self._frames.items() if k[0] == key)
+
+    def score(self, model) -> dict:
+        """{set: {"mean_auc", "per_class": {class: auc}, "scores": [N, C], "labels": [N, C]}}."""
+        import torch
+
+        from eval.zero_shot import zero_shot_classification
+
+        out = {}
+        model.eval()
+        for key in SETS:
+            images, labels, classes, kind = self._load(key, model.image_size, model.resize_to)
+            with torch.no_grad():
+                res = zero_shot_classification(model, images, labels, classes, kind, batch_size=self.batch_size)
+            out[key] = {"mean_auc": float(res["mean_auc"]),
+                        "per_class": {c: v["auc"] for c, v in res["per_class"].items()},
+                        "scores": np.asarray(res["scores"], np.float32), "labels": labels}
+        return out
+
+
+def save_scores(scored: dict, run_dir: Path) -> Path:
+    """The raw scores beside the run, so comparisons can be recomputed without the models."""
+    from engine.core.files import atomic_path
+
+    path = Path(run_dir) / SCORES_FILE
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{f"{k}_scores": v["scores"] for k, v in scored.items()},
+                     **{f"{k}_labels": v["labels"] for k, v in scored.items()})
+    return path
+
+
+def load_scores(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{set: (labels, scores)} as save_scores wrote them."""
+    with np.load(Path(run_dir) / SCORES_FILE) as z:
+        return {k: (z[f"{k}_labels"], z[f"{k}_scores"]) for k in SETS}
