@@ -7,19 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from engine.core.config import deep_merge, validate_model
 from engine.core.files import write_json
 from train.config import TrainConfig
 from workflows.scoring import TestSets, save_scores
 
 SCORES_JSON = "scores.json"
-
-
-def seeded(cfg: TrainConfig, seed: int, overrides: Optional[dict] = None) -> TrainConfig:
-    """cfg with `overrides` on top and `seed` for initialisation, batch order and the data split
-    alike: two trials of one seed differ only in what their overrides change."""
-    top = deep_merge(overrides or {}, {"seed": seed, "data": {"seed": seed}})
-    return validate_model(deep_merge(cfg.model_dump(), top), TrainConfig, "trial settings")
 
 
 def run_trial(cfg: TrainConfig, run_dir: str | Path, tests: TestSets, synthetic: Optional[str] = None,
