@@ -125,7 +125,7 @@ def summarise(runs: list[dict], arms: list[str], cards: dict[str, dict]) -> list
     return rows
 
 
-def comparisons(runs: list[dict], arms: list[str], reps: int, load=load_scores) -> list[Comparison]:
+def comparisons(runs: list[dict], arms: list[str], reps: int) -> list[Comparison]:
     """Every comparison of COMPARISONS whose two arms ran, on each test set, over their common seeds."""
     out = []
     for a, b in COMPARISONS:
@@ -135,7 +135,7 @@ def comparisons(runs: list[dict], arms: list[str], reps: int, load=load_scores) 
         seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
         if not seeds:
             continue
-        loaded = {arm: [load(by_seed[arm][s]) for s in seeds] for arm in (a, b)}
+        loaded = {arm: [load_scores(by_seed[arm][s]) for s in seeds] for arm in (a, b)}
         for key in SETS:
             labels = loaded[a][0][key][0]
             out.append(compare(a, b, key, labels, [x[key][1] for x in loaded[a]], [x[key][1] for x in loaded[b]],

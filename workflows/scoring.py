@@ -32,12 +32,6 @@ class TestSets:
             self._frames[k] = (to_input(x), np.asarray(ds.labels(rows)), list(ds.classes), ds.kind)
         return self._frames[k]
 
-    def labels(self, key: str) -> np.ndarray:
-        """The test labels of one set ([N, C]); they do not depend on the model's frame."""
-        if not any(k[0] == key for k in self._frames):
-            raise KeyError(f"{key}: score a model first")
-        return next(v[1] for k, v in self._frames.items() if k[0] == key)
-
     def score(self, model) -> dict:
         """{set: {"mean_auc", "per_class": {class: auc}, "scores": [N, C], "labels": [N, C]}}."""
         import torch
