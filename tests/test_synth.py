@@ -101,6 +101,36 @@ def test_fixed_columns_keeps_types_for_steps_that_did_not_run():
     assert out["embedding"][0].dtype == np.float32 and out["embedding"][0].shape == (3,)
 
 
+def test_embeddings_of_batches_with_and_without_rejected_rows_join_in_one_block():
+    """A batch where the report gate rejected a row (never embedded) and one where every row was
+    embedded must build into one Ray block, as an actor's output buffer joins them. Without the
+    embedder's dim the first is a column of objects and the second a tensor column, and Ray
+    refuses to join them ("Found columns with both objects and tensors: embedding")."""
+    from ray.data._internal.delegating_block_builder import DelegatingBlockBuilder
+
+    def batch(embeddings):
+        n = len(embeddings)
+        return {"sample_id": np.array([f"s{i}" for i in range(n)], dtype=object), "ok": np.array([e is not None for e in embeddings]),
+                "reasons": np.array([[] for _ in range(n)] + [None], dtype=object)[:n],
+                "embedding": np.array(embeddings + [None], dtype=object)[:n]}
+
+    with_rejected = batch([np.ones(3, np.float32), None])
+    all_embedded = batch([np.ones(3, np.float32), np.full(3, 2.0, np.float32)])
+
+    def join(dim):
+        builder = DelegatingBlockBuilder()
+        builder.add_batch(fixed_columns(with_rejected, dim))
+        builder.add_batch(fixed_columns(all_embedded, dim))
+        return builder.build()
+
+    with pytest.raises(Exception, match="both objects and tensors"):
+        join(None)
+    block = join(3)
+    assert block.num_rows == 4
+    rows = np.stack(block.column("embedding").to_numpy(zero_copy_only=False))
+    assert rows.shape == (4, 3) and rows[1].tolist() == [0, 0, 0] and rows[3].tolist() == [2, 2, 2]
+
+
 def test_dataset_level_judge_counts_only_for_live_rows():
     n = 3
     batch = {k: np.array([None] * n, dtype=object) for k in ALL_COLUMNS}

@@ -158,9 +158,13 @@ COLUMN_DEFAULTS = {"findings": "", "impression": "", "report_attempts": 0, "judg
                    "reference_match": ""}
 
 
-def fixed_columns(batch: dict) -> dict:
+def fixed_columns(batch: dict, dim: Optional[int] = None) -> dict:
     """The batch restricted to ALL_COLUMNS, absent ones filled (None, or 0 busy seconds), and the
-    embedding as one float32 vector per row (None where the row has none)."""
+    embedding as one float32 vector per row. A row that was never embedded (rejected earlier) gets
+    zeros when the embedder's `dim` is known, else None. Zeros keep the column one tensor type in
+    every batch: Ray Data stores a column of equal-shaped vectors as a tensor column and one with a
+    None as Python objects, and refuses to join the two in one block (seen on real-like data, whose
+    report gate rejects rows). Rows without an embedding are not `ok`, so no QC step reads them."""
     n = len(batch["sample_id"])
     out = {}
     for name in ALL_COLUMNS:
@@ -177,7 +181,8 @@ def fixed_columns(batch: dict) -> dict:
     emb = out["embedding"]
     if isinstance(emb, np.ndarray) and emb.dtype != object:
         emb = list(emb)
-    out["embedding"] = object_column([None if v is None else np.asarray(v, np.float32) for v in emb])
+    missing = None if dim is None else np.zeros(dim, np.float32)
+    out["embedding"] = object_column([missing if v is None else np.asarray(v, np.float32) for v in emb])
     return out
 
 
@@ -194,11 +199,12 @@ class ImageQCStage:
         if reference is not None:
             verdict = reference_verdict(reference["threshold"])
             self.steps.append(Gated("reference", ReferenceFilterStage, reference, verdict))
+        self.dim = int(self.steps[0].inner.embedder.dim)
 
     def __call__(self, batch: dict) -> dict:
         for step in self.steps:
             batch = step(batch)
-        return fixed_columns(batch)
+        return fixed_columns(batch, self.dim)
 
 
 def gate_dataset_judge(batch: dict) -> dict:
