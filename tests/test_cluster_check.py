@@ -240,9 +240,19 @@ def test_sweep_counts_concurrent_trials_and_reads_the_train_file(tmp_path):
     assert "'tune trial workers' needs 24 x" in problem and "3 concurrent trials" in problem
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "train" / "configs").glob("t*-*.yaml")))
-def test_shipped_training_and_sweep_configs_fit(name):
-    assert check_cluster(CLUSTER, [ROOT / "train" / "configs" / name]).problems == []
+SHIPPED = sorted([*(ROOT / "train" / "configs").glob("t*-*.yaml"), *(ROOT / "workflows" / "configs").glob("tune-*.yaml")])
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_training_and_sweep_configs_fit(path):
+    assert check_cluster(CLUSTER, [path]).problems == []
+
+
+def test_the_paper_scale_experiment_fits_with_its_driver_on_a_cpu_node():
+    config = ROOT / "workflows" / "configs" / "experiment-paper.yaml"
+    assert check_cluster(CLUSTER, [config], {"cpu_group": 1}, 4).problems == []
+    [problem] = check_cluster(CLUSTER, [config]).problems  # the driver would land on the head
+    assert "driver" in problem
 
 
 def test_check_cluster_is_a_listed_command(capsys):

@@ -428,12 +428,12 @@ def test_shipped_training_configs_load_and_name_known_models(name):
 
 @pytest.mark.parametrize("name", ["tune-local.yaml", "tune-paper.yaml"])
 def test_shipped_tune_configs_load_over_their_training_config(name):
-    from train.tune import load_tune_config
+    from workflows.tune import load_tune_config
 
     tcfg, cfg, _ = load_tune_config(f"configs/{name}")
     assert len(tcfg.search.ratios) >= 3 and cfg.epochs >= 2
     if name == "tune-local.yaml":
-        assert cfg.scaling.cpus_per_worker == 1.99 and cfg.data.limit == 600 and cfg.model.name == "convirt-resnet18-bow"
+        assert cfg.scaling.cpus_per_worker == 1.99 and cfg.data.limit == 800 and cfg.model.name == "convirt-resnet18-bow"
 
 
 def test_validation_hook_and_metric_are_checked_when_the_config_is_read(tmp_path):

@@ -115,44 +115,6 @@ class TrainConfig(Section):
     seed: int = 0
 
 
-class SearchSection(Section):
-    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0])  # grid
-    lrs: list[float] = Field(default_factory=list)  # grid; empty: the train config's lr
-
-    @model_validator(mode="after")
-    def _in_range(self) -> "SearchSection":
-        for r in self.ratios:
-            if not 0 <= r <= 1:
-                raise ValueError(f"ratio {r} outside [0, 1]")
-        if not self.ratios:
-            raise ValueError("at least one ratio")
-        for lr in self.lrs:  # every trial would fail on it, one after the other
-            if not lr > 0:
-                raise ValueError(f"lr {lr} must be greater than 0")
-        for name, grid in (("ratios", self.ratios), ("lrs", self.lrs)):
-            if len(set(grid)) != len(grid):  # one trial twice: a grid point counted double
-                raise ValueError(f"{name} {grid} repeat a value")
-        return self
-
-
-class AshaSection(Section):
-    enabled: bool = True
-    grace_period: int = Field(1, ge=1)  # epochs before a trial may be stopped
-    reduction_factor: float = Field(2.0, gt=1)
-
-
-class TuneConfig(Section):
-    """A sweep: a full training config (inline `train:` or a file `train_config:`) plus a grid."""
-
-    train_config: Optional[str] = None  # path, relative to this file
-    train: dict[str, Any] = Field(default_factory=dict)  # merged over train_config
-    search: SearchSection = Field(default_factory=SearchSection)
-    asha: AshaSection = Field(default_factory=AshaSection)
-    mode: Literal["max", "min"] = "max"
-    max_concurrent_trials: int = Field(1, ge=1)
-    num_samples: int = Field(1, ge=1)  # repeats of the grid
-
-
 def load_train_config(path, overrides: Optional[dict] = None, overrides_from: str = "overrides") -> tuple[TrainConfig, Any]:
     """The training config of a file, with `overrides` (from `overrides_from`, named in errors) on top."""
     cfg, found = load_yaml_model(path, TrainConfig, "training config")

@@ -145,7 +145,7 @@ def validate(model, val_cache, vcfg, device, autocast) -> dict:
 def placement_group_id() -> str | None:
     """The worker group's placement group, named in rank 0's records: when Tune stops a trial it
     kills the trial's Train controller before it can release the group, and Ray Train's own
-    cleaner needs the State API (a dashboard), which the embedded Ray has not got; train/tune.py
+    cleaner needs the State API (a dashboard), which the embedded Ray has not got; workflows/tune.py
     releases it."""
     from ray.util import get_current_placement_group
 

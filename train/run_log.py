@@ -4,7 +4,7 @@ on the driver's node), and rank 0's record is appended here. No worker writes in
 cluster whose workers do not mount the driver's disk loses nothing.
 
 A record names the worker group's placement group (PLACEMENT_GROUP_KEY) so that Tune can release
-it when it stops a trial (train/tune.py); the key is dropped from the file."""
+it when it stops a trial (workflows/tune.py); the key is dropped from the file."""
 from __future__ import annotations
 
 import json

@@ -10,10 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from pydantic import Field
 
-from engine.core.config import load_config
+from engine.core.config import Section, load_config
 from engine.core.files import write_text
 from engine.dataset import open_dataset, report_text
+
+
+class RealLikeSection(Section):
+    unpaired_share: float = Field(0.1, ge=0, le=1)  # pairs whose report belongs to another image
+    low_quality_share: float = Field(0.1, ge=0, le=1)  # images degraded (lateral, cropped, noise, ...)
+    seed: int = 0
 
 
 def synth(config: Path, n: int, out: Path) -> Path:

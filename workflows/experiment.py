@@ -27,9 +27,9 @@ from pydantic import Field, field_validator, model_validator
 from engine.core.config import Section, beside, deep_merge, load_config, load_yaml_model
 from engine.core.files import save_figure, write_json, write_text
 from engine.core.ownership import claim, value_digest
-from workflows.datasets import (data_card, drawable_config, mixed_card, real_like_config, synth,
+from workflows.datasets import (RealLikeSection, data_card, drawable_config, mixed_card, real_like_config, synth,
                                 write_real_like_table)
-from workflows.scoring import SETS, TestSets, load_scores
+from workflows.scoring import SETS, EvalSection, TestSets, load_scores
 from workflows.stats import Comparison, compare
 
 ARMS = ("real", "synthetic", "synthetic-drawable", "mixed-concat", "mixed-ratio")
@@ -37,18 +37,6 @@ ArmName = Literal["real", "synthetic", "synthetic-drawable", "mixed-concat", "mi
 # (a, b): a - b, paired by seed, where both arms ran
 COMPARISONS = (("synthetic", "real"), ("mixed-concat", "real"), ("mixed-ratio", "real"),
                ("synthetic", "mixed-concat"), ("synthetic-drawable", "synthetic"))
-
-
-class RealLikeSection(Section):
-    unpaired_share: float = Field(0.1, ge=0, le=1)  # pairs whose report belongs to another image
-    low_quality_share: float = Field(0.1, ge=0, le=1)  # images degraded (lateral, cropped, noise, ...)
-    seed: int = 0
-
-
-class EvalSection(Section):
-    per_class: int = Field(200, ge=2)  # test images per class and split of each phantom set
-    size: int = Field(128, ge=32)  # rendering size of the test images
-    batch_size: int = Field(50, ge=1)
 
 
 class ExperimentConfig(Section):
@@ -274,7 +262,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, log=print) -> dict:
 
     base, _ = load_train_config(cfg.train_config, cfg.train or None)
     init_ray(base.engine)
-    tests = TestSets(cfg.eval.per_class, cfg.eval.size, cfg.eval.batch_size)
+    tests = TestSets(cfg.eval.per_class, cfg.eval.size, cfg.eval.batch_size, cache_dir=out / "test-sets")
     plan = [(seed, arm, None) for seed in cfg.seeds for arm in cfg.arms]
     plan += [(seed, "synthetic", size) for seed in cfg.seeds for size in cfg.scale]
     runs = []

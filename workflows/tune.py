@@ -1,12 +1,21 @@
-"""`syncxr tune`: Ray Tune over the synthetic:real mixing ratio (grid) and the learning rate.
+"""`syncxr tune`: Ray Tune over the synthetic:real mixing ratio (grid), the learning rate and
+the seed.
 
-Each trial is a full training run (train/driver.py) with the ratio and lr of its config: the mix
-is built inside the trial, since a unioned Ray Dataset cannot be a hyperparameter. The Train V2
-pattern: the Tune function builds and fits the TorchTrainer with TuneReportCallback, and Tune's
-own RunConfig goes to the Tuner. ASHA stops weak trials on the validation metric.
+Each trial is the experiment's trial function (workflows/trial.py): a Ray Train run of the
+training config with the trial's ratio, lr and seed, then zero-shot scores on the phantom test
+sets of the common and the rare findings. So a sweep over the ratio is the experiment's
+mixed-ratio arm at several ratios. The mix is built inside the trial, since a unioned Ray
+Dataset cannot be a hyperparameter. The Train V2 pattern: the Tune function builds and fits the
+TorchTrainer with TuneReportCallback, and Tune's own RunConfig goes to the Tuner. ASHA, when on,
+stops weak trials on the validation metric (a stopped trial has no test scores).
 
-DIR/ holds results.csv, results.md, ratio.png (metric against ratio), trials/<name>/ (each trial's
-run directory, as `syncxr train` writes it) and ray/ (Tune's experiment state).
+Without --synthetic/--real (and none in the config), `data:` says how to build both through the
+engine, as the experiment does: a balanced synthetic set and a real-like one from the corpus.
+
+DIR/ holds results.csv, results.md (per trial, and per ratio mean ± sd over seeds), ratio.png
+(zero-shot AUC against the ratio, every seed and the spread), trials/<trial id>/ (each trial's run
+directory with scores.json), data/ (the built datasets), test-sets/ (drawn test frames, shared by
+the trials) and ray/ (Tune's experiment state).
 """
 from __future__ import annotations
 
@@ -14,36 +23,99 @@ import csv
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Literal, Optional
 
-from engine.core.config import beside, deep_merge
+import numpy as np
+from pydantic import Field, model_validator
+
+from engine.core.config import Section, beside, deep_merge
 from engine.core.errors import ConfigError
-from train.config import TrainConfig, TuneConfig, load_train_config
+from train.config import TrainConfig, load_train_config
 from train.data.mixing import max_total
 from train.hooks import VALIDATION_HOOKS, register_hooks
 from train.run_log import PLACEMENT_GROUP_KEY
+from workflows.datasets import RealLikeSection
+from workflows.scoring import SETS, EvalSection
+
+
+class SearchSection(Section):
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0])  # grid
+    lrs: list[float] = Field(default_factory=list)  # grid; empty: the train config's lr
+    seeds: list[int] = Field(default_factory=lambda: [0])  # grid: initialisation and batch order
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "SearchSection":
+        for r in self.ratios:
+            if not 0 <= r <= 1:
+                raise ValueError(f"ratio {r} outside [0, 1]")
+        if not self.ratios:
+            raise ValueError("at least one ratio")
+        if not self.seeds:
+            raise ValueError("at least one seed")
+        for lr in self.lrs:  # every trial would fail on it, one after the other
+            if not lr > 0:
+                raise ValueError(f"lr {lr} must be greater than 0")
+        for name, grid in (("ratios", self.ratios), ("lrs", self.lrs), ("seeds", self.seeds)):
+            if len(set(grid)) != len(grid):  # one trial twice: a grid point counted double
+                raise ValueError(f"{name} {grid} repeat a value")
+        return self
+
+
+class AshaSection(Section):
+    enabled: bool = True
+    grace_period: int = Field(1, ge=1)  # epochs before a trial may be stopped
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class BuildSection(Section):
+    """The datasets a sweep builds for itself when none is given: n synthetic pairs (the balanced
+    plan, full QC) and n real-like ones (the corpus's reports, spoilt like a real archive)."""
+
+    n: int = Field(800, ge=10)
+    synth_config: str = "local.yaml"  # relative to the tune file, else the packaged one
+    real_like: RealLikeSection = Field(default_factory=RealLikeSection)
+
+
+class TuneConfig(Section):
+    """A sweep: a full training config (inline `train:` or a file `train_config:`) plus a grid."""
+
+    train_config: Optional[str] = None  # path, relative to this file
+    train: dict[str, Any] = Field(default_factory=dict)  # merged over train_config
+    search: SearchSection = Field(default_factory=SearchSection)
+    asha: AshaSection = Field(default_factory=AshaSection)
+    data: Optional[BuildSection] = None  # None: the data must be given (--synthetic and --real)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    mode: Literal["max", "min"] = "max"
+    max_concurrent_trials: int = Field(1, ge=1)
+    num_samples: int = Field(1, ge=1)  # repeats of the grid
+
 
 TUNE_RUN_NAME = "tune"
 TRIAL_DRIVER_CPU = 0.01
 
 
-def trial_train_config(base: dict, ratio: float, lr: float, total: int) -> TrainConfig:
-    """The training config of one trial: the base with its ratio, fixed total and lr."""
-    return TrainConfig.model_validate(deep_merge(base, {"data": {"mix": {"mode": "ratio", "ratio": ratio, "total": total}},
-                                                   "optim": {"lr": lr}}))
+def trial_train_config(base: dict, ratio: float, lr: float, total: int, seed: int = 0) -> TrainConfig:
+    """The training config of one trial: the base with its ratio, fixed total, lr and seed (the
+    model's initialisation, the batch order and the mix's sample)."""
+    return TrainConfig.model_validate(deep_merge(base, {
+        "data": {"mix": {"mode": "ratio", "ratio": ratio, "total": total}, "seed": seed},
+        "optim": {"lr": lr}, "seed": seed}))
 
 
-def run_trial(config: dict) -> None:
-    """The Tune function: one TorchTrainer run, reporting its epoch records to Tune."""
+def tune_trial(config: dict) -> None:
+    """The Tune function: the experiment's trial (train, then score on the phantom test sets),
+    reporting its epoch records to Tune; the scores go to the trial's scores.json."""
     import ray.tune
 
-    from train.driver import run_training
+    from workflows.scoring import TestSets
+    from workflows.trial import run_trial
 
     register_hooks(config["hooks"])
-    cfg = trial_train_config(config["base"], config["ratio"], config["lr"], config["total"])
+    cfg = trial_train_config(config["base"], config["ratio"], config["lr"], config["total"], config["seed"])
     run_dir = Path(config["out"]) / "trials" / ray.tune.get_context().get_trial_id()
-    run_training(cfg, run_dir, synthetic=config["synthetic"], real=config["real"],
-                 callbacks=[epoch_reports()], show_progress=False, reserved_cpus=config["reserved_cpus"])
+    tests = TestSets(**config["eval"], cache_dir=Path(config["out"]) / "test-sets")
+    run_trial(cfg, run_dir, tests, synthetic=config["synthetic"], real=config["real"],
+              callbacks=[epoch_reports()], reserved_cpus=config["reserved_cpus"])
 
 
 def common_total(cfg: TrainConfig, synthetic: Optional[str], real: Optional[str], ratios: list[float]) -> int:
@@ -88,10 +160,12 @@ def load_tune_config(path) -> tuple[TuneConfig, TrainConfig, Path]:
     for key in ("synthetic", "real"):
         if key in tcfg.train.get("data", {}):
             setattr(cfg.data, key, resolve_path(getattr(cfg.data, key), base_dir))
+    if tcfg.data is not None:
+        tcfg.data.synth_config = str(beside(found, tcfg.data.synth_config))
     for ratio in tcfg.search.ratios:  # the whole grid, before the first trial
         for lr in tcfg.search.lrs or [cfg.optim.lr]:
             try:
-                trial_train_config(cfg.model_dump(), ratio, lr, 1)
+                trial_train_config(cfg.model_dump(), ratio, lr, 1, tcfg.search.seeds[0])
             except ValidationError as exc:
                 err = exc.errors()[0]
                 raise ConfigError(f"{found}: trial ratio {ratio:g} lr {lr:g}: field "
@@ -150,7 +224,8 @@ class _TrialLines:
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 self.groups[trial.trial_id] = result.get(PLACEMENT_GROUP_KEY) or self.groups.get(trial.trial_id)
-                print(f"  {trial.trial_id} ratio {trial.config['ratio']:g} lr {trial.config['lr']:g}: "
+                print(f"  {trial.trial_id} ratio {trial.config['ratio']:g} lr {trial.config['lr']:g} "
+                      f"seed {trial.config['seed']}: "
                       f"epoch {result.get('epoch')}/{epochs} {metric} {result.get(metric, float('nan')):.3f}", flush=True)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
@@ -162,20 +237,42 @@ class _TrialLines:
         return TrialLines()
 
 
+def build_data(tcfg: TuneConfig, out: Path, log=print) -> tuple[str, str, dict]:
+    """(synthetic dir, real spec, data cards) of the sweep's own datasets under out/data, built
+    through the engine as the experiment builds them; a rerun reuses finished ones."""
+    from workflows.datasets import data_card, real_like_config, synth, write_real_like_table
+
+    b = tcfg.data
+    log(f"tune: building the data: {b.n} synthetic pairs and {b.n} real-like ones ({b.synth_config})")
+    synthetic = synth(Path(b.synth_config), b.n, out / "data" / "synthetic")
+    real_engine = synth(real_like_config(b.synth_config, out / "configs"), b.n, out / "data" / "real-like-drawn")
+    rl = b.real_like
+    table = write_real_like_table(real_engine, out / "data" / "real-like", rl.unpaired_share,
+                                  rl.low_quality_share, rl.seed)
+    cards = {"synthetic": data_card(synthetic), "real": data_card(real_engine, table)}
+    return str(synthetic), f"table:{table}", cards
+
+
 def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Optional[str] = None,
              real: Optional[str] = None, verbose: bool = False) -> list[dict]:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from engine.core.files import write_json
     from engine.core.ownership import check_claim, claim, value_digest
     from train.driver import check_resources, run_inputs
 
     out = Path(out).resolve()
     synthetic = synthetic or cfg.data.synthetic
     real = real or cfg.data.real
-    inputs = {"sweep": value_digest(tcfg.model_dump(exclude={"train", "train_config"})),
-              **run_inputs(cfg, synthetic, real)}
+    build = synthetic is None and real is None  # the sweep builds its own data
+    if build and tcfg.data is None:
+        raise ConfigError("tune: no data: give --synthetic and --real (or data.synthetic / data.real), or a `data:` "
+                          "section for the sweep to build both")
+    sweep = {"sweep": value_digest(tcfg.model_dump(exclude={"train", "train_config"}))}
+    inputs = ({**sweep, "config": run_inputs(cfg, None, None)["config"], "data": "built"} if build
+              else {**sweep, **run_inputs(cfg, synthetic, real)})
     check_claim(out, "tune", inputs)  # refused before any trial
     # every concurrent trial's driver function holds a sliver of CPU beside its workers
     reserved = TRIAL_DRIVER_CPU * tcfg.max_concurrent_trials
@@ -186,6 +283,11 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
             update={"num_workers": s.num_workers * tcfg.max_concurrent_trials})}), ray.cluster_resources(), reserved)
     ratios = list(tcfg.search.ratios)
     lrs = list(tcfg.search.lrs) or [cfg.optim.lr]
+    seeds = list(tcfg.search.seeds)
+    cards = {}
+    if build:
+        claim(out, "tune", inputs)
+        synthetic, real, cards = build_data(tcfg, out)
     total = common_total(cfg, synthetic, real, ratios)
     claim(out, "tune", inputs)  # the first write: a sweep that cannot start leaves nothing behind
     metric = cfg.validation.metric
@@ -194,11 +296,12 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs + 1, grace_period=tcfg.asha.grace_period,
                                reduction_factor=tcfg.asha.reduction_factor)
                  if tcfg.asha.enabled else FIFOScheduler())
-    param_space = {"ratio": tune.grid_search(ratios), "lr": tune.grid_search(lrs), "total": total,
-                   "base": cfg.model_dump(), "synthetic": synthetic, "real": real, "out": str(out),
-                   "reserved_cpus": reserved, "hooks": VALIDATION_HOOKS.entries()}
-    print(f"tune: {len(ratios)} ratios x {len(lrs)} lrs x {tcfg.num_samples}, {total} training pairs each, "
-          f"{cfg.epochs} epochs, ASHA {'on' if tcfg.asha.enabled else 'off'} ({metric}, {tcfg.mode})", flush=True)
+    param_space = {"ratio": tune.grid_search(ratios), "lr": tune.grid_search(lrs), "seed": tune.grid_search(seeds),
+                   "total": total, "base": cfg.model_dump(), "synthetic": synthetic, "real": real, "out": str(out),
+                   "eval": tcfg.eval.model_dump(), "reserved_cpus": reserved, "hooks": VALIDATION_HOOKS.entries()}
+    print(f"tune: {len(ratios)} ratios x {len(lrs)} lrs x {len(seeds)} seeds x {tcfg.num_samples}, {total} training "
+          f"pairs each, {cfg.epochs} epochs, ASHA {'on' if tcfg.asha.enabled else 'off'} ({metric}, {tcfg.mode}); "
+          f"each finished trial scored on the phantom test sets ({tcfg.eval.per_class} images a class)", flush=True)
     if not verbose:  # Tune's newer console output ignores verbose=0: the legacy one honours it
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Ctrl-C reaches our CLI (exit 130, one line) instead of Tune's own handler, whose partial
@@ -207,7 +310,7 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     tuner = tune.Tuner(
         # the trial function only drives its TorchTrainer, whose workers hold the CPUs (Tune
         # refuses a trial of zero resources)
-        tune.with_resources(run_trial, {"cpu": TRIAL_DRIVER_CPU}),
+        tune.with_resources(tune_trial, {"cpu": TRIAL_DRIVER_CPU}),
         param_space=param_space,
         tune_config=tune.TuneConfig(metric=metric, mode=tcfg.mode, scheduler=scheduler,
                                     max_concurrent_trials=tcfg.max_concurrent_trials, num_samples=tcfg.num_samples),
@@ -215,12 +318,21 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
                                   callbacks=[_TrialLines(metric, cfg.epochs)]),
     )
     grid = tuner.fit()
-    rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs)
-    write_results(rows, out, metric)
+    rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs, out)
+    curve = ratio_curve(rows)
+    write_results(rows, curve, out, metric)
+    write_json(out / "results.json", {"rows": rows, "curve": curve, "data_cards": cards,
+                                      "synthetic": synthetic, "real": real})
     return rows
 
 
-def collect_rows(grid, metric: str, mode: str, epochs: int) -> list[dict]:
+def collect_rows(grid, metric: str, mode: str, epochs: int, out: Path) -> list[dict]:
+    """One row per trial: its grid point, how far it got, its validation metric and, for a trial
+    that finished, its zero-shot AUC on each test set (from its scores.json)."""
+    import json
+
+    from workflows.trial import SCORES_JSON
+
     rows = []
     for result in grid:
         config = result.config or {}
@@ -229,34 +341,72 @@ def collect_rows(grid, metric: str, mode: str, epochs: int) -> list[dict]:
         values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
         last = result.metrics or {}
         best = (max(values) if mode == "max" else min(values)) if values else float("nan")
+        trial_id = last.get("trial_id") or ""
+        scores_file = out / "trials" / trial_id / SCORES_JSON
+        scores = json.loads(scores_file.read_text()) if trial_id and scores_file.is_file() else {}
         rows.append({
-            "trial": Path(result.path).name if result.path else "",
-            "ratio": config.get("ratio"), "lr": config.get("lr"), "total": config.get("total"),
+            "trial": trial_id or (Path(result.path).name if result.path else ""),
+            "ratio": config.get("ratio"), "lr": config.get("lr"), "seed": config.get("seed"),
+            "total": config.get("total"),
             "epochs_done": int(last.get("epoch", 0) or 0), "epochs_planned": epochs,
             "stopped_early": int(last.get("epoch", 0) or 0) < epochs and result.error is None,
             f"{metric}_last": last.get(metric, float("nan")), f"{metric}_best": best,
             "val_loss_last": last.get("val_loss", float("nan")),
+            **{f"{key}_auc": scores.get(key, float("nan")) for key in SETS},
             "error": (str(result.error).strip().splitlines() or [""])[-1] if result.error else "",
         })
-    return sorted(rows, key=lambda r: (r["ratio"] is None, r["ratio"] or 0.0, r["lr"] or 0.0))
+    return sorted(rows, key=lambda r: (r["ratio"] is None, r["ratio"] or 0.0, r["lr"] or 0.0, r["seed"] or 0))
 
 
-def write_results(rows: list[dict], out: Path, metric: str) -> None:
+def ratio_curve(rows: list[dict]) -> list[dict]:
+    """Per (ratio, lr): the mean, sd and range over seeds of each test set's AUC, from the trials
+    that finished and were scored."""
+    out = []
+    for ratio, lr in sorted({(r["ratio"], r["lr"]) for r in rows if r["ratio"] is not None}):
+        mine = [r for r in rows if r["ratio"] == ratio and r["lr"] == lr]
+        point = {"ratio": ratio, "lr": lr, "trials": len(mine)}
+        for key in SETS:
+            v = np.array([r[f"{key}_auc"] for r in mine], float)
+            v = v[np.isfinite(v)]
+            point[f"{key}_seeds"] = len(v)
+            point[f"{key}_mean"] = float(v.mean()) if len(v) else float("nan")
+            point[f"{key}_sd"] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+            point[f"{key}_min"] = float(v.min()) if len(v) else float("nan")
+            point[f"{key}_max"] = float(v.max()) if len(v) else float("nan")
+        out.append(point)
+    return out
+
+
+def write_results(rows: list[dict], curve: list[dict], out: Path, metric: str) -> None:
     if not rows:
         return
     with (out / "results.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    cols = ["ratio", "lr", "epochs_done", "stopped_early", f"{metric}_best", f"{metric}_last", "val_loss_last"]
-    lines = [f"# Ray Tune: synthetic ratio x lr ({metric})", "",
+    cols = ["ratio", "lr", "seed", "epochs_done", "stopped_early", f"{metric}_best", "val_loss_last",
+            *[f"{k}_auc" for k in SETS], "error"]
+    lines = [f"# Ray Tune: synthetic ratio x lr x seed", "",
              "ratio = fraction of synthetic pairs in a training set of fixed size (total "
-             f"{rows[0]['total']}); validation on the same held-out pairs for every trial.", "",
+             f"{rows[0]['total']}); validation ({metric}) on the same held-out pairs for every trial; "
+             "common / rare = mean zero-shot AUC on the phantom test sets of the five common and the six "
+             "rarest drawable findings (chance 0.5), for trials that finished.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["", "Per ratio, over seeds (mean ± sd, [min, max]):", "",
+              "| ratio | lr | seeds | common | rare |", "|---|---|---|---|---|"]
+    for p in curve:
+        cells = [f"{p[f'{k}_mean']:.3f} ± {p[f'{k}_sd']:.3f} [{p[f'{k}_min']:.3f}, {p[f'{k}_max']:.3f}]"
+                 if p[f"{k}_seeds"] else "-" for k in SETS]
+        lines.append(f"| {p['ratio']:g} | {p['lr']:g} | {p['common_seeds']} | " + " | ".join(cells) + " |")
+    scored = [r for r in rows if np.isfinite(r["common_auc"])]
+    if scored:
+        low = min(scored, key=lambda r: r["common_auc"])
+        lines += ["", f"{len(scored)} of {len(rows)} trials scored; the lowest common-findings AUC is "
+                  f"{low['common_auc']:.3f} (ratio {low['ratio']:g}, seed {low['seed']}). The spread over seeds "
+                  "is what a difference between two ratios must beat; this table alone tests no difference."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    plot_ratio(rows, out / "ratio.png", metric)
+    plot_ratio(rows, curve, out / "ratio.png")
 
 
 def _fmt(v) -> str:
@@ -265,20 +415,31 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def plot_ratio(rows: list[dict], path: Path, metric: str) -> None:
+def plot_ratio(rows: list[dict], curve: list[dict], path: Path) -> None:
+    """Zero-shot AUC against the ratio: each seed's trial as a dot, the mean over seeds as a line
+    with its sd as a band, one panel per test set."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for lr in sorted({r["lr"] for r in rows}):
-        pts = sorted((r["ratio"], r[f"{metric}_best"]) for r in rows if r["lr"] == lr)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"lr {lr:g}")
-        for r in rows:
-            if r["lr"] == lr and r["stopped_early"]:
-                ax.annotate("ASHA stop", (r["ratio"], r[f"{metric}_best"]), fontsize=7)
-    ax.set(xlabel="synthetic fraction of the training set", ylabel=f"best {metric}", title="mixing ratio sweep")
-    ax.legend()
+    from engine.core.files import save_figure
+
+    fig, axes = plt.subplots(1, len(SETS), figsize=(5.5 * len(SETS), 4), sharey=True)
+    for ax, key in zip(np.atleast_1d(axes), SETS):
+        for i, lr in enumerate(sorted({p["lr"] for p in curve})):
+            pts = [p for p in curve if p["lr"] == lr and p[f"{key}_seeds"]]
+            x = np.array([p["ratio"] for p in pts])
+            m = np.array([p[f"{key}_mean"] for p in pts])
+            sd = np.nan_to_num(np.array([p[f"{key}_sd"] for p in pts]))
+            ax.plot(x, m, marker="o", color=f"C{i}", label=f"lr {lr:g}: mean over seeds")
+            ax.fill_between(x, m - sd, m + sd, color=f"C{i}", alpha=0.2)
+            dots = [(r["ratio"], r[f"{key}_auc"]) for r in rows if r["lr"] == lr and np.isfinite(r[f"{key}_auc"])]
+            ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=14, color=f"C{i}", alpha=0.7,
+                       label="one seed" if i == 0 else None)
+        ax.axhline(0.5, color="grey", lw=1, ls="--", label="chance")
+        ax.set(xlabel="synthetic fraction of the training set", title=f"{key} findings")
+        ax.legend(fontsize=7)
+    np.atleast_1d(axes)[0].set_ylabel("zero-shot AUC (band: ± sd over seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)

@@ -34,7 +34,7 @@ EXPERIMENT_KEYS = {"arms", "seeds", "synth_config", "real_like"}
 # workflows' readers without importing them), so check-cluster refuses what the command would
 CONFIG_READERS = Registry("config kind")
 CONFIG_READERS.register("train", "train.config:load_train_config")
-CONFIG_READERS.register("tune", "train.tune:load_tune_config")
+CONFIG_READERS.register("tune", "workflows.tune:load_tune_config")
 CONFIG_READERS.register("experiment", "workflows.experiment:load_experiment_config")
 
 

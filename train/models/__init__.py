@@ -2,7 +2,7 @@
 smallbert / bag-of-words text encoders, created by name from train/model_configs/*.json, with their
 losses (losses), cross-rank gathering with gradient (gather), the from-scratch tokenizer (tokenizer)
 and the model-input frame of every image (frame). It imports no Ray and nothing of the trainer around
-it (train.loop, train.driver, train.tune, train.data): eval and `syncxr embed` use it alone.
+it (train.loop, train.driver, train.data; workflows.tune): eval and `syncxr embed` use it alone.
 
     model = create_model("convirt-resnet18-bow", text_corpus=reports)
     tok = model.tokenize(sentences)                      # input_ids, attention_mask, truncated

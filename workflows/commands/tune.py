@@ -1,4 +1,4 @@
-"""`syncxr tune`: Ray Tune over the synthetic:real ratio and the learning rate (train/tune.py)."""
+"""`syncxr tune`: Ray Tune over the synthetic:real ratio, the learning rate and the seed (workflows/tune.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +6,19 @@ from pathlib import Path
 from train.data.sources import REAL_HELP
 
 DESCRIPTION = """\
-Sweep the synthetic fraction of a fixed-size training set (grid `search.ratios`) and the
-learning rate (grid `search.lrs`) with Ray Tune; every trial is a Ray Train run of the training
-config (`train_config:` file and/or inline `train:`), scored on the same held-out pairs; ASHA
-stops weak trials on validation.metric.
+Sweep the synthetic fraction of a fixed-size training set (grid `search.ratios`), the learning
+rate (grid `search.lrs`) and the seed (grid `search.seeds`) with Ray Tune. Every trial is the
+experiment's trial: a Ray Train run of the training config (`train_config:` file and/or inline
+`train:`) validated on the same held-out pairs, then scored zero-shot on the phantom test sets of
+the common and the rare findings; ASHA, when on, stops weak trials on validation.metric. Without
+--synthetic/--real (and none in the config) the sweep builds both through the engine (`data:`):
+a balanced synthetic set and a real-like set from the corpus, as `syncxr experiment` does.
 
-Outputs in DIR: results.csv and results.md (one row per trial: ratio, lr, epochs done, stopped
-early, best and last metric), ratio.png (metric against ratio), trials/<name>/ (each trial's run
-directory, as `syncxr train` writes it), ray/ (Tune state)."""
+Outputs in DIR: results.csv, results.json and results.md (one row per trial: ratio, lr, seed,
+epochs done, stopped early, validation metric, zero-shot AUC; then mean ± sd over seeds per
+ratio), ratio.png (AUC against ratio, every seed and the spread), trials/<id>/ (each trial's run
+directory with scores.json), data/ (built datasets), test-sets/ (drawn test frames), ray/ (Tune
+state). Rerunning the same command reuses the built datasets."""
 EXIT_CODES = {0: "done: every trial finished or was stopped by ASHA", 3: "a trial failed (its error is in results.md)"}
 
 
@@ -21,7 +26,9 @@ def register(sub) -> None:
     p = sub.add_parser("tune", help="Ray Tune over synthetic:real ratio and lr (ASHA)", description=DESCRIPTION)
     p.add_argument("--config", default="configs/tune-local.yaml", help="tune YAML (default: configs/tune-local.yaml)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--synthetic", default=None, help="a `syncxr synth` dataset directory (overrides the config)")
+    p.add_argument("--synthetic", default=None,
+                   help="a `syncxr synth` dataset directory (overrides the config; with --real; without both the sweep "
+                        "builds its own data)")
     p.add_argument("--real", default=None, help=REAL_HELP)
     p.add_argument("--address", default=None, help="Ray address of an existing cluster (default: an embedded Ray)")
     p.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output")
@@ -31,7 +38,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from engine.core.ray_session import init_ray
-    from train.tune import load_tune_config, run_tune
+    from workflows.tune import load_tune_config, run_tune
 
     tcfg, cfg, _ = load_tune_config(args.config)
     init_ray(cfg.engine, args.address, verbose=args.verbose)
@@ -43,7 +50,10 @@ def run(args) -> int:
     scored = [r for r in rows if not r["error"] and r[f"{metric}_best"] == r[f"{metric}_best"]]  # not NaN
     best = max(scored, key=lambda r: sign * r[f"{metric}_best"], default=None)
     if best:
-        print(f"best: ratio {best['ratio']:g} lr {best['lr']:g} {metric} {best[f'{metric}_best']:.3f}")
+        print(f"best by validation: ratio {best['ratio']:g} lr {best['lr']:g} seed {best['seed']} "
+              f"{metric} {best[f'{metric}_best']:.3f}")
+    if rows:
+        print("Per ratio, over seeds" + (out / "results.md").read_text().split("Per ratio, over seeds")[-1].rstrip())
     print(f"{len(rows)} trials ({sum(r['stopped_early'] for r in rows)} stopped by ASHA, {len(failed)} failed): "
           f"{out / 'results.md'}, {out / 'results.csv'}, {out / 'ratio.png'}")
     return 3 if failed else 0
