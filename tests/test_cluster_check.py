@@ -245,7 +245,17 @@ SHIPPED = sorted([*(ROOT / "train" / "configs").glob("t*-*.yaml"), *(ROOT / "wor
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_training_and_sweep_configs_fit(path):
-    assert check_cluster(CLUSTER, [path]).problems == []
+    # a sweep that synthesises runs the engine's stages and a driver: on a CPU node, as submitted
+    assert check_cluster(CLUSTER, [path], {"cpu_group": 1}, 4).problems == []
+
+
+def test_a_sweep_over_synthesis_asks_for_the_engine_groups_and_the_train_group():
+    from engine.cluster.requests import config_requests
+
+    kind, reqs = config_requests(ROOT / "workflows" / "configs" / "tune-synth-paper.yaml", {"cpu_group": 1}, 4)
+    stages = {r.stage: r.bundle for r in reqs}
+    assert kind == "tune" and stages["reports"].get("llm_group") == 4 and stages["images"].get("diffusion_group") == 1
+    assert stages["tune trial workers"]["GPU"] == 1
 
 
 def test_the_paper_scale_experiment_fits_with_its_driver_on_a_cpu_node():

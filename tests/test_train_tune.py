@@ -11,6 +11,7 @@ import json
 import math
 import time
 
+import numpy as np
 import pytest
 
 from test_train_data import TINY_MODEL, make_synthetic_dataset, make_table
@@ -73,7 +74,8 @@ def test_asha_stops_a_trial_and_releases_its_workers(ray_session, tmp_path):
 
 
 def _row(ratio, seed, common, rare=0.6, lr=1e-3, **extra):
-    return {"trial": f"t{ratio}-{seed}", "ratio": ratio, "lr": lr, "seed": seed, "total": 100, "epochs_done": 2,
+    return {"trial": f"t{ratio}-{seed}", "ratio": ratio, "lr": lr, "seed": seed, "setting": "", "total": 100,
+            "epochs_done": 2,
             "epochs_planned": 2, "stopped_early": False, "m_last": 0.5, "m_best": 0.5, "val_loss_last": 1.0,
             "common_auc": common, "rare_auc": rare, "error": "", **extra}
 
@@ -110,3 +112,116 @@ def test_tune_configs_read_seeds_and_the_data_to_build(tmp_path):
     bad.write_text("train_config: train-local.yaml\nsearch: {ratios: [0.5], seeds: [1, 1]}\n")
     with pytest.raises(ConfigError, match=r"seeds \[1, 1\] repeat a value"):
         load_tune_config(bad)
+
+
+# ---------------------------------------------------------------- synthesis settings in the search space
+
+def test_synthesis_knobs_are_checked_by_the_engine_schema_when_the_file_is_read(tmp_path):
+    from engine.core.errors import ConfigError
+    from workflows.tune import load_tune_config, nested
+
+    assert nested({"plan.k": 4, "plan.tau_factor": 2.0, "qc.reference_threshold": 0.5}) == {
+        "plan": {"k": 4, "tau_factor": 2.0}, "qc": {"reference_threshold": 0.5}}
+    cases = {
+        "search: {ratios: [1.0], synth: {plan.kk: [2]}}\ndata: {n: 50}": r"search.synth plan.kk=2: .*plan.kk",
+        "search: {ratios: [1.0], synth: {plan.k: [0, 2]}}\ndata: {n: 50}": r"search.synth plan.k=0: .*plan.k",
+        "search: {ratios: [0.5], synth: {plan.k: [2]}}\ndata: {n: 50}": r"ratios must be \[1.0\]",
+        "search: {ratios: [1.0], synth: {plan.k: [2]}}": r"search.synth needs a `data:` section",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "tune.yaml"
+        path.write_text("train_config: train-local.yaml\n" + text + "\n")
+        with pytest.raises(ConfigError, match=message):
+            load_tune_config(path)
+    tcfg, _, _ = load_tune_config("configs/tune-synth-local.yaml")
+    assert len(tcfg.search.synth_points()) == 9 and tcfg.search.seeds == [0, 1]
+
+
+def _synth_trial(out, name, setting, seed, labels, scores, card):
+    from engine.core.files import write_json
+    from workflows.scoring import save_scores
+
+    run = out / "trials" / name
+    run.mkdir(parents=True)
+    save_scores({key: {"scores": scores[key], "labels": labels[key]} for key in labels}, run)
+    write_json(run / "data_card.json", card)
+    common = roc_mean(labels["common"], scores["common"])
+    return {**_row(1.0, seed, common, roc_mean(labels["rare"], scores["rare"])), "trial": name, "setting": setting}
+
+
+def roc_mean(labels, scores):
+    from workflows.stats import mean_auc
+
+    return float(mean_auc(labels, scores))
+
+
+def test_the_best_synthesis_setting_is_named_with_its_paired_interval(tmp_path):
+    from workflows.tune import best_sentence, best_setting_comparisons, setting_table, write_results, \
+        write_synth_results
+
+    rng = np.random.default_rng(0)
+    labels = {key: np.repeat(np.eye(3), 40, axis=0) for key in ("common", "rare")}
+    rows = []
+    for s, (k, strength) in enumerate([(2, 0.5), (4, 2.0), (6, 1.0)]):
+        for seed in (0, 1, 2):
+            scores = {key: labels[key] * strength + rng.normal(0, 1, labels[key].shape) for key in labels}
+            card = {"kept": 50, "planned": 50, "clinical_max_min": 1.0 + s, "drawn_pairs_share": 0.5}
+            rows.append(_synth_trial(tmp_path, f"k{k}-s{seed}", f"plan.k={k}, plan.tau_factor=1.1", seed, labels,
+                                     scores, card))
+    rows.append({**_row(1.0, 0, float("nan"), float("nan")), "trial": "bad", "setting": "plan.k=8, plan.tau_factor=1.1",
+                 "error": "UserError: plan.k=8 is larger than the clinical vocabulary"})
+    table = setting_table(rows, tmp_path)
+    by = {e["setting"]: e for e in table}
+    assert by["plan.k=4, plan.tau_factor=1.1"]["common_seeds"] == 3 and by["plan.k=8, plan.tau_factor=1.1"]["failed"] == 1
+    assert by["plan.k=6, plan.tau_factor=1.1"]["card"]["clinical_max_min"] == 3.0
+    comps = best_setting_comparisons(rows, table, tmp_path, reps=200)
+    assert [c.findings for c in comps] == ["common", "rare"]
+    best = comps[0]
+    assert best.arm_a == "plan.k=4, plan.tau_factor=1.1" and best.arm_b == "plan.k=6, plan.tau_factor=1.1"
+    assert best.t_low > 0 and best_sentence(best).startswith("plan.k=4, plan.tau_factor=1.1 is best on common "
+                                                              "findings by ")
+    write_results(rows, [], tmp_path, "m")
+    write_synth_results(rows, table, comps, ["plan.k", "plan.tau_factor"], tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "| plan.k=8, plan.tau_factor=1.1 | 0.001 | 0 | 1 | - | - |" in md and "## Synthesis settings" in md
+    assert "is best on common findings" in md and (tmp_path / "synth.png").stat().st_size > 5000
+    assert not (tmp_path / "ratio.png").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_trial_whose_synthesis_fails_is_one_failed_trial_and_datasets_are_reused(ray_session, tmp_path):
+    """Two synthesis settings, one of which the engine refuses when planning (a cap too small for
+    the plan): that trial fails alone, the other synthesises its dataset, trains and is scored;
+    asking for the same settings again reuses the dataset without synthesising it."""
+    import json
+
+    from train.config import TrainConfig
+    from workflows.tune import TuneConfig, run_tune, trial_dataset
+
+    cfg = TrainConfig.model_validate({
+        "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
+        "data": {"batch_size": 12}, "validation": {"size": 6, "batch_size": 6, "metric": "val_i2t_r10"},
+        "epochs": 1, "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 0.9}})
+    tcfg = TuneConfig.model_validate({"search": {"ratios": [1.0], "seeds": [0], "synth": {"plan.tau_max": [1, 50]}},
+                                      "data": {"n": 60, "synth_config": "local.yaml"}, "asha": {"enabled": False},
+                                      "eval": {"per_class": 2, "size": 64}})
+    out = tmp_path / "sweep"
+    rows = run_tune(tcfg, cfg, out)
+    by = {r["setting"]: r for r in rows}
+    assert set(by) == {"plan.tau_max=1", "plan.tau_max=50"}
+    assert "tau_max=1 is too small" in by["plan.tau_max=1"]["error"]
+    good = by["plan.tau_max=50"]
+    assert not good["error"] and 0 <= good["common_auc"] <= 1
+    card = json.loads((out / "trials" / good["trial"] / "data_card.json").read_text())
+    assert card["synth"] == {"plan.tau_max": 50} and card["kept"] > 50 and card["funnel"]["attempts"] >= 60
+    [dataset] = [d for d in (out / "data").iterdir() if d.is_dir()]
+    assert card["dataset"] == str(dataset)
+    from engine.synth.layout import RunLayout
+
+    staged = {p: p.stat().st_mtime_ns for p in RunLayout(dataset).staging.rglob("*.parquet")}
+    assert staged and trial_dataset(out, "local.yaml", {"plan.tau_max": 50}, 60) == dataset
+    # reused: the engine found every round sealed and republished it; no staged part was written again
+    assert {p: p.stat().st_mtime_ns for p in RunLayout(dataset).staging.rglob("*.parquet")} == staged
+    md = (out / "results.md").read_text()
+    assert "## Synthesis settings" in md and "| plan.tau_max=1 | 0.0001 | 0 | 1 | - | - |" in md

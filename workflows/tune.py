@@ -20,6 +20,8 @@ the trials) and ray/ (Tune's experiment state).
 from __future__ import annotations
 
 import csv
+import fcntl
+import itertools
 import math
 import os
 from pathlib import Path
@@ -42,6 +44,9 @@ class SearchSection(Section):
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0])  # grid
     lrs: list[float] = Field(default_factory=list)  # grid; empty: the train config's lr
     seeds: list[int] = Field(default_factory=lambda: [0])  # grid: initialisation and batch order
+    # grid over engine settings by dotted key ("plan.k": [2, 4, 6]): each trial synthesises its
+    # own dataset with them (cached by the engine config's digest) and trains on it alone
+    synth: dict[str, list[Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _in_range(self) -> "SearchSection":
@@ -55,10 +60,22 @@ class SearchSection(Section):
         for lr in self.lrs:  # every trial would fail on it, one after the other
             if not lr > 0:
                 raise ValueError(f"lr {lr} must be greater than 0")
-        for name, grid in (("ratios", self.ratios), ("lrs", self.lrs), ("seeds", self.seeds)):
-            if len(set(grid)) != len(grid):  # one trial twice: a grid point counted double
+        grids = [("ratios", self.ratios), ("lrs", self.lrs), ("seeds", self.seeds),
+                 *((f"synth.{k}", v) for k, v in self.synth.items())]
+        for name, grid in grids:
+            if len(set(map(repr, grid))) != len(grid):  # one trial twice: a grid point counted double
                 raise ValueError(f"{name} {grid} repeat a value")
+            if name.startswith("synth.") and not grid:
+                raise ValueError(f"{name}: at least one value")
+        if self.synth and self.ratios != [1.0]:
+            raise ValueError("with search.synth every trial trains on its own synthetic data alone: ratios must be "
+                             "[1.0]")
         return self
+
+    def synth_points(self) -> list[dict[str, Any]]:
+        """Every combination of the engine settings searched ({} when none is)."""
+        keys = list(self.synth)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.synth[k] for k in keys))]
 
 
 class AshaSection(Section):
@@ -91,6 +108,7 @@ class TuneConfig(Section):
 
 
 TUNE_RUN_NAME = "tune"
+DATA_CARD_JSON = "data_card.json"  # beside a synthesis trial's scores: what its settings did to the data
 TRIAL_DRIVER_CPU = 0.01
 
 
@@ -102,20 +120,100 @@ def trial_train_config(base: dict, ratio: float, lr: float, total: int, seed: in
         "optim": {"lr": lr}, "seed": seed}))
 
 
+def nested(point: dict[str, Any]) -> dict:
+    """{"plan.k": 4} -> {"plan": {"k": 4}}."""
+    out: dict = {}
+    for key, value in point.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _point_text(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
+
+
+def synth_engine_config(synth_config: str, point: dict[str, Any]):
+    """The engine config of one grid point, checked by the engine's schema (an unknown key or a
+    bad value is a ConfigError naming the field)."""
+    from engine.core.config import load_config
+
+    return load_config(synth_config, nested(point))
+
+
+def trial_dataset(out: Path, synth_config: str, point: dict[str, Any], n: int) -> Path:
+    """The dataset of one grid point of engine settings, synthesised through the engine's public
+    API under out/data/synth-<digest of the engine config>: trials that share the settings share
+    it (one at a time, under a lock), a rerun reuses it, and the engine verifies it like any run
+    directory (a damaged part is recomputed, never trusted)."""
+    import yaml
+
+    from engine.core.files import write_text
+    from engine.core.ownership import value_digest
+    from workflows.datasets import synth
+
+    cfg = synth_engine_config(synth_config, point)
+    digest = value_digest(cfg.model_dump(mode="json"))[:12]
+    from engine.core.config import find_config_file
+
+    merged = deep_merge(yaml.safe_load(find_config_file(synth_config).read_text()) or {}, nested(point))
+    config_file = out / "configs" / f"synth-{digest}.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    write_text(config_file, yaml.safe_dump(merged, sort_keys=False))
+    data_dir = out / "data" / f"synth-{digest}"
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out / "data" / f".synth-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second trial of the same settings waits, then reuses it
+        return synth(config_file, n, data_dir)
+
+
+def synthesis_card(dataset: Path) -> dict:
+    """What a trial's engine settings did to its data: the plan's balance (max/min mentions per
+    group, the caps), the QC funnel and the data card's drawn/undrawable shares."""
+    import json
+
+    from workflows.datasets import data_card
+
+    dataset = Path(dataset)
+    plan = json.loads((dataset / "plan_stats.json").read_text())
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    return {"planned": manifest["planned"], "kept": manifest["kept"], "funnel": manifest["counts"]["funnel"],
+            "tau_max": plan.get("tau_max"),
+            **{f"{g}_max_min": plan[g]["plan"]["max_min_ratio"] for g in ("clinical", "anatomy") if g in plan},
+            **data_card(dataset)}
+
+
 def tune_trial(config: dict) -> None:
     """The Tune function: the experiment's trial (train, then score on the phantom test sets),
     reporting its epoch records to Tune; the scores go to the trial's scores.json."""
     import ray.tune
 
+    from engine.core.files import write_json
     from workflows.scoring import TestSets
     from workflows.trial import run_trial
 
     register_hooks(config["hooks"])
-    cfg = trial_train_config(config["base"], config["ratio"], config["lr"], config["total"], config["seed"])
-    run_dir = Path(config["out"]) / "trials" / ray.tune.get_context().get_trial_id()
-    tests = TestSets(**config["eval"], cache_dir=Path(config["out"]) / "test-sets")
-    run_trial(cfg, run_dir, tests, synthetic=config["synthetic"], real=config["real"],
+    out = Path(config["out"])
+    run_dir = out / "trials" / ray.tune.get_context().get_trial_id()
+    synthetic, real = config["synthetic"], config["real"]
+    if config.get("synth") is not None:  # this trial's own dataset, from its engine settings
+        dataset = trial_dataset(out, config["synth_config"], config["synth"], config["synth_n"])
+        card = {"synth": config["synth"], "dataset": str(dataset), **synthesis_card(dataset)}
+        synthetic, real = str(dataset), None
+        cfg = TrainConfig.model_validate(deep_merge(config["base"], {
+            "data": {"mix": {"mode": "synthetic"}, "seed": config["seed"]}, "optim": {"lr": config["lr"]},
+            "seed": config["seed"]}))
+    else:
+        cfg = trial_train_config(config["base"], config["ratio"], config["lr"], config["total"], config["seed"])
+        card = None
+    tests = TestSets(**config["eval"], cache_dir=out / "test-sets")
+    run_trial(cfg, run_dir, tests, synthetic=synthetic, real=real,
               callbacks=[epoch_reports()], reserved_cpus=config["reserved_cpus"])
+    if card is not None:  # beside the scores (the run directory is the training run's own until then)
+        write_json(run_dir / DATA_CARD_JSON, card)
 
 
 def common_total(cfg: TrainConfig, synthetic: Optional[str], real: Optional[str], ratios: list[float]) -> int:
@@ -162,6 +260,15 @@ def load_tune_config(path) -> tuple[TuneConfig, TrainConfig, Path]:
             setattr(cfg.data, key, resolve_path(getattr(cfg.data, key), base_dir))
     if tcfg.data is not None:
         tcfg.data.synth_config = str(beside(found, tcfg.data.synth_config))
+    if tcfg.search.synth:
+        if tcfg.data is None:
+            raise ConfigError(f"{found}: search.synth needs a `data:` section (the engine config and n of each "
+                              "trial's dataset)")
+        for point in tcfg.search.synth_points():  # every engine config of the grid, by the engine's schema
+            try:
+                synth_engine_config(tcfg.data.synth_config, point)
+            except ConfigError as exc:
+                raise ConfigError(f"{found}: search.synth {_point_text(point)}: {exc}") from None
     for ratio in tcfg.search.ratios:  # the whole grid, before the first trial
         for lr in tcfg.search.lrs or [cfg.optim.lr]:
             try:
@@ -266,8 +373,11 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     out = Path(out).resolve()
     synthetic = synthetic or cfg.data.synthetic
     real = real or cfg.data.real
-    build = synthetic is None and real is None  # the sweep builds its own data
-    if build and tcfg.data is None:
+    points = tcfg.search.synth_points()
+    if points != [{}]:  # every trial synthesises its own data: none is given or built up front
+        synthetic = real = None
+    build = synthetic is None and real is None and points == [{}]  # the sweep builds its own data
+    if synthetic is None and real is None and tcfg.data is None:
         raise ConfigError("tune: no data: give --synthetic and --real (or data.synthetic / data.real), or a `data:` "
                           "section for the sweep to build both")
     sweep = {"sweep": value_digest(tcfg.model_dump(exclude={"train", "train_config"}))}
@@ -288,7 +398,7 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     if build:
         claim(out, "tune", inputs)
         synthetic, real, cards = build_data(tcfg, out)
-    total = common_total(cfg, synthetic, real, ratios)
+    total = common_total(cfg, synthetic, real, ratios) if points == [{}] else None
     claim(out, "tune", inputs)  # the first write: a sweep that cannot start leaves nothing behind
     metric = cfg.validation.metric
     # max_t one past the last epoch: ASHA stops a trial at max_t, which would kill it between its
@@ -297,10 +407,15 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
                                reduction_factor=tcfg.asha.reduction_factor)
                  if tcfg.asha.enabled else FIFOScheduler())
     param_space = {"ratio": tune.grid_search(ratios), "lr": tune.grid_search(lrs), "seed": tune.grid_search(seeds),
+                   "synth": tune.grid_search(points) if points != [{}] else None,
+                   "synth_config": tcfg.data.synth_config if tcfg.data else None,
+                   "synth_n": tcfg.data.n if tcfg.data else None,
                    "total": total, "base": cfg.model_dump(), "synthetic": synthetic, "real": real, "out": str(out),
                    "eval": tcfg.eval.model_dump(), "reserved_cpus": reserved, "hooks": VALIDATION_HOOKS.entries()}
-    print(f"tune: {len(ratios)} ratios x {len(lrs)} lrs x {len(seeds)} seeds x {tcfg.num_samples}, {total} training "
-          f"pairs each, {cfg.epochs} epochs, ASHA {'on' if tcfg.asha.enabled else 'off'} ({metric}, {tcfg.mode}); "
+    what = (f"{len(points)} synthesis settings ({', '.join(tcfg.search.synth)}) x " if points != [{}] else
+            f"{len(ratios)} ratios x ")
+    size = f"{total} training pairs each" if total else f"a dataset of {tcfg.data.n} pairs synthesised per setting"
+    print(f"tune: {what}{len(lrs)} lrs x {len(seeds)} seeds x {tcfg.num_samples}, {size}, {cfg.epochs} epochs, ASHA {'on' if tcfg.asha.enabled else 'off'} ({metric}, {tcfg.mode}); "
           f"each finished trial scored on the phantom test sets ({tcfg.eval.per_class} images a class)", flush=True)
     if not verbose:  # Tune's newer console output ignores verbose=0: the legacy one honours it
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -319,10 +434,16 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     )
     grid = tuner.fit()
     rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs, out)
-    curve = ratio_curve(rows)
+    curve = ratio_curve(rows) if points == [{}] else []
     write_results(rows, curve, out, metric)
-    write_json(out / "results.json", {"rows": rows, "curve": curve, "data_cards": cards,
-                                      "synthetic": synthetic, "real": real})
+    settings, comps = [], []
+    if points != [{}]:
+        settings = setting_table(rows, out)
+        comps = best_setting_comparisons(rows, settings, out)
+        write_synth_results(rows, settings, comps, list(tcfg.search.synth), out)
+    write_json(out / "results.json", {"rows": rows, "curve": curve, "data_cards": cards, "synthetic": synthetic,
+                                      "real": real, "settings": settings,
+                                      "best": [{**c.__dict__, "sentence": best_sentence(c)} for c in comps]})
     return rows
 
 
@@ -347,6 +468,7 @@ def collect_rows(grid, metric: str, mode: str, epochs: int, out: Path) -> list[d
         rows.append({
             "trial": trial_id or (Path(result.path).name if result.path else ""),
             "ratio": config.get("ratio"), "lr": config.get("lr"), "seed": config.get("seed"),
+            "setting": _point_text(config["synth"]) if config.get("synth") else "",
             "total": config.get("total"),
             "epochs_done": int(last.get("epoch", 0) or 0), "epochs_planned": epochs,
             "stopped_early": int(last.get("epoch", 0) or 0) < epochs and result.error is None,
@@ -355,7 +477,8 @@ def collect_rows(grid, metric: str, mode: str, epochs: int, out: Path) -> list[d
             **{f"{key}_auc": scores.get(key, float("nan")) for key in SETS},
             "error": (str(result.error).strip().splitlines() or [""])[-1] if result.error else "",
         })
-    return sorted(rows, key=lambda r: (r["ratio"] is None, r["ratio"] or 0.0, r["lr"] or 0.0, r["seed"] or 0))
+    return sorted(rows, key=lambda r: (r["ratio"] is None, r["ratio"] or 0.0, r["setting"], r["lr"] or 0.0,
+                                       r["seed"] or 0))
 
 
 def ratio_curve(rows: list[dict]) -> list[dict]:
@@ -384,29 +507,33 @@ def write_results(rows: list[dict], curve: list[dict], out: Path, metric: str) -
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    cols = ["ratio", "lr", "seed", "epochs_done", "stopped_early", f"{metric}_best", "val_loss_last",
+    synth = any(r["setting"] for r in rows)
+    point = "setting" if synth else "ratio"
+    cols = [point, "lr", "seed", "epochs_done", "stopped_early", f"{metric}_best", "val_loss_last",
             *[f"{k}_auc" for k in SETS], "error"]
-    lines = [f"# Ray Tune: synthetic ratio x lr x seed", "",
-             "ratio = fraction of synthetic pairs in a training set of fixed size (total "
-             f"{rows[0]['total']}); validation ({metric}) on the same held-out pairs for every trial; "
-             "common / rare = mean zero-shot AUC on the phantom test sets of the five common and the six "
-             "rarest drawable findings (chance 0.5), for trials that finished.", "",
+    what = ("setting = the engine settings of the trial's own synthetic dataset, on which it trains alone"
+            if synth else f"ratio = fraction of synthetic pairs in a training set of fixed size (total {rows[0]['total']})")
+    lines = [f"# Ray Tune: {'synthesis settings' if synth else 'synthetic ratio'} x lr x seed", "",
+             f"{what}; validation metric {metric}; common / rare = mean zero-shot AUC on the phantom test sets of the "
+             "five common and the six rarest drawable findings (chance 0.5), for trials that finished.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
-    lines += ["", "Per ratio, over seeds (mean ± sd, [min, max]):", "",
-              "| ratio | lr | seeds | common | rare |", "|---|---|---|---|---|"]
-    for p in curve:
-        cells = [f"{p[f'{k}_mean']:.3f} ± {p[f'{k}_sd']:.3f} [{p[f'{k}_min']:.3f}, {p[f'{k}_max']:.3f}]"
-                 if p[f"{k}_seeds"] else "-" for k in SETS]
-        lines.append(f"| {p['ratio']:g} | {p['lr']:g} | {p['common_seeds']} | " + " | ".join(cells) + " |")
+    if curve:
+        lines += ["", "Per ratio, over seeds (mean ± sd, [min, max]):", "",
+                  "| ratio | lr | seeds | common | rare |", "|---|---|---|---|---|"]
+        for p in curve:
+            cells = [f"{p[f'{k}_mean']:.3f} ± {p[f'{k}_sd']:.3f} [{p[f'{k}_min']:.3f}, {p[f'{k}_max']:.3f}]"
+                     if p[f"{k}_seeds"] else "-" for k in SETS]
+            lines.append(f"| {p['ratio']:g} | {p['lr']:g} | {p['common_seeds']} | " + " | ".join(cells) + " |")
     scored = [r for r in rows if np.isfinite(r["common_auc"])]
     if scored:
         low = min(scored, key=lambda r: r["common_auc"])
         lines += ["", f"{len(scored)} of {len(rows)} trials scored; the lowest common-findings AUC is "
-                  f"{low['common_auc']:.3f} (ratio {low['ratio']:g}, seed {low['seed']}). The spread over seeds "
-                  "is what a difference between two ratios must beat; this table alone tests no difference."]
+                  f"{low['common_auc']:.3f} ({point} {_fmt(low[point])}, seed {low['seed']}). The spread over seeds "
+                  f"is what a difference between two {point}s must beat; this table alone tests no difference."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    plot_ratio(rows, curve, out / "ratio.png")
+    if curve:
+        plot_ratio(rows, curve, out / "ratio.png")
 
 
 def _fmt(v) -> str:
@@ -443,3 +570,138 @@ def plot_ratio(rows: list[dict], curve: list[dict], path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- sweeps over synthesis settings
+
+def setting_table(rows: list[dict], out: Path) -> list[dict]:
+    """Per synthesis setting (and lr): mean ± sd over seeds of each test set's AUC, and the data
+    card of its dataset (what the knob did to the data)."""
+    import json
+
+    table = []
+    for setting, lr in sorted({(r["setting"], r["lr"]) for r in rows if r["setting"]}):
+        mine = [r for r in rows if r["setting"] == setting and r["lr"] == lr]
+        entry = {"setting": setting, "lr": lr, "trials": len(mine), "failed": sum(bool(r["error"]) for r in mine)}
+        for key in SETS:
+            v = np.array([r[f"{key}_auc"] for r in mine], float)
+            v = v[np.isfinite(v)]
+            entry[f"{key}_seeds"] = len(v)
+            entry[f"{key}_mean"] = float(v.mean()) if len(v) else float("nan")
+            entry[f"{key}_sd"] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+        cards = [out / "trials" / r["trial"] / DATA_CARD_JSON for r in mine]
+        card = next((json.loads(c.read_text()) for c in cards if c.is_file()), {})
+        entry["card"] = {k: card.get(k) for k in ("kept", "planned", "clinical_max_min", "anatomy_max_min",
+                                                   "drawn_pairs_share", "undrawable_mentions_share")}
+        table.append(entry)
+    return table
+
+
+def best_setting_comparisons(rows: list[dict], table: list[dict], out: Path, reps: int = 1000) -> list:
+    """Per test set: the best setting by mean AUC against the runner-up, paired by seed (the
+    experiment's comparison: t interval over seeds, bootstrap over seeds x test images)."""
+    from workflows.scoring import load_scores
+    from workflows.stats import compare
+
+    comps = []
+    for key in SETS:
+        ranked = sorted((e for e in table if e[f"{key}_seeds"]), key=lambda e: -e[f"{key}_mean"])
+        if len(ranked) < 2:
+            continue
+        a, b = ranked[0], ranked[1]
+        runs = {e["setting"]: {r["seed"]: out / "trials" / r["trial"] for r in rows
+                               if r["setting"] == e["setting"] and r["lr"] == e["lr"] and np.isfinite(r[f"{key}_auc"])}
+                for e in (a, b)}
+        seeds = sorted(set(runs[a["setting"]]) & set(runs[b["setting"]]))
+        if not seeds:
+            continue
+        loaded = {name: [load_scores(runs[name][s])[key] for s in seeds] for name in runs}
+        labels = loaded[a["setting"]][0][0]
+        comps.append(compare(a["setting"], b["setting"], key, labels, [x[1] for x in loaded[a["setting"]]],
+                             [x[1] for x in loaded[b["setting"]]], reps=reps))
+    return comps
+
+
+def best_sentence(comp) -> str:
+    """'k=4, tau=1.1 is best on rare findings by 0.04 [0.01, 0.07] over k=2, tau=1.1 (...)', or
+    that the best two are not separated."""
+    where = f"on {comp.findings} findings"
+    if np.isnan(comp.t_low):
+        return f"{comp.arm_a} is best {where} by {comp.mean:+.3f} over {comp.arm_b}, from one seed: no interval"
+    interval = f"[{comp.t_low:.3f}, {comp.t_high:.3f}] (t, {comp.seeds} seeds; bootstrap [{comp.boot_low:.3f}, " \
+               f"{comp.boot_high:.3f}])"
+    if comp.t_low > 0:
+        return f"{comp.arm_a} is best {where} by {comp.mean:.3f} {interval} over the runner-up {comp.arm_b}"
+    return (f"{comp.arm_a} has the best mean {where}, but is not separated from the runner-up {comp.arm_b}: "
+            f"{comp.mean:+.3f} {interval}")
+
+
+def write_synth_results(rows: list[dict], table: list[dict], comps: list, knobs: list[str], out: Path) -> None:
+    lines = ["", "## Synthesis settings", "",
+             "Per setting, over seeds: zero-shot AUC (mean ± sd) and what the setting did to its dataset "
+             "(kept of planned, max/min mentions of the plan's clinical and anatomy entities, pairs whose present "
+             "findings are all drawn, mentions the image does not show).", "",
+             "| setting | lr | seeds | failed | common | rare | kept | clinical max/min | anatomy max/min | "
+             "all drawn | undrawable |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    for e in table:
+        c = e["card"]
+        auc = [("-" if not e[f"{k}_seeds"] else f"{e[f'{k}_mean']:.3f}"
+                + (f" ± {e[f'{k}_sd']:.3f}" if e[f"{k}_seeds"] > 1 else "")) for k in SETS]
+        lines.append(f"| {e['setting']} | {e['lr']:g} | {e['common_seeds']} | {e['failed']} | {auc[0]} | {auc[1]} | "
+                     f"{c.get('kept')}/{c.get('planned')} | {c.get('clinical_max_min')} | {c.get('anatomy_max_min')} | "
+                     f"{pct(c.get('drawn_pairs_share'))} | {pct(c.get('undrawable_mentions_share'))} |")
+    if comps:
+        lines += [""] + [f"- {best_sentence(c)}" for c in comps]
+    with (out / "results.md").open("a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    plot_settings(table, knobs, out / "synth.png")
+
+
+def plot_settings(table: list[dict], knobs: list[str], path: Path) -> None:
+    """Two knobs: a heat map of mean AUC over their grid per test set; otherwise one bar per
+    setting with its sd over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from engine.core.files import save_figure
+
+    fig, axes = plt.subplots(1, len(SETS), figsize=(5.5 * len(SETS), 4.2))
+    for ax, key in zip(np.atleast_1d(axes), SETS):
+        if len(knobs) == 2:
+            values = [dict(part.split("=", 1) for part in e["setting"].split(", ")) for e in table]
+            xs = sorted({v[knobs[1]] for v in values}, key=_as_number)
+            ys = sorted({v[knobs[0]] for v in values}, key=_as_number)
+            grid = np.full((len(ys), len(xs)), np.nan)
+            for v, e in zip(values, table):
+                grid[ys.index(v[knobs[0]]), xs.index(v[knobs[1]])] = e[f"{key}_mean"]
+            im = ax.imshow(grid, cmap="viridis", vmin=0.5, vmax=1.0, origin="lower")
+            for (i, j), val in np.ndenumerate(grid):
+                ax.text(j, i, "failed" if np.isnan(val) else f"{val:.3f}", ha="center", va="center",
+                        color="white" if np.isnan(val) or val < 0.75 else "black", fontsize=8)
+            ax.set_xticks(range(len(xs)), xs)
+            ax.set_yticks(range(len(ys)), ys)
+            ax.set(xlabel=knobs[1], ylabel=knobs[0])
+            fig.colorbar(im, ax=ax, label="zero-shot AUC (mean over seeds)")
+        else:
+            x = np.arange(len(table))
+            ax.bar(x, [e[f"{key}_mean"] for e in table], yerr=np.nan_to_num([e[f"{key}_sd"] for e in table]),
+                   capsize=3)
+            ax.axhline(0.5, color="grey", lw=1, ls="--")
+            ax.set_xticks(x, [e["setting"] for e in table], rotation=20, fontsize=7)
+            ax.set_ylabel("zero-shot AUC (mean ± sd over seeds)")
+        ax.set_title(f"{key} findings")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def _as_number(text: str):
+    try:
+        return (0, float(text))
+    except ValueError:
+        return (1, text)

@@ -178,6 +178,10 @@ def config_requests(path: str | Path, entrypoint_resources: dict[str, float] | N
     elif kind == "tune":
         trials = int(raw.get("max_concurrent_trials", 1))
         reqs = [scaling_request(tune_scaling(raw, path), "tune trial workers", f"{path}: train.scaling", trials)]
+        if isinstance(raw.get("data"), dict):  # the sweep (or each trial) synthesises through the engine
+            synth = find_config_file(beside(path, raw["data"].get("synth_config") or "local.yaml"))
+            reqs = engine_requests(read_yaml(synth, "config", ConfigError) or {}, str(synth)) + reqs
+            reqs.append(driver_request(entrypoint_resources or {}, entrypoint_num_cpus, head))
     else:  # an experiment: both datasets through the engine, then one training run at a time
         exp, _ = loaded
         synth = find_config_file(exp.synth_config)
