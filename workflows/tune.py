@@ -487,16 +487,20 @@ def ratio_curve(rows: list[dict]) -> list[dict]:
     out = []
     for ratio, lr in sorted({(r["ratio"], r["lr"]) for r in rows if r["ratio"] is not None}):
         mine = [r for r in rows if r["ratio"] == ratio and r["lr"] == lr]
-        point = {"ratio": ratio, "lr": lr, "trials": len(mine)}
-        for key in SETS:
-            v = np.array([r[f"{key}_auc"] for r in mine], float)
-            v = v[np.isfinite(v)]
-            point[f"{key}_seeds"] = len(v)
-            point[f"{key}_mean"] = float(v.mean()) if len(v) else float("nan")
-            point[f"{key}_sd"] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
-            point[f"{key}_min"] = float(v.min()) if len(v) else float("nan")
-            point[f"{key}_max"] = float(v.max()) if len(v) else float("nan")
-        out.append(point)
+        out.append({"ratio": ratio, "lr": lr, "trials": len(mine), **seed_stats(mine)})
+    return out
+
+
+def seed_stats(trials: list[dict]) -> dict:
+    """Per test set, over the trials that were scored: how many, mean, sd (ddof 1) and range."""
+    out = {}
+    for key in SETS:
+        v = np.array([r[f"{key}_auc"] for r in trials], float)
+        v = v[np.isfinite(v)]
+        nan = float("nan")
+        out.update({f"{key}_seeds": len(v), f"{key}_mean": float(v.mean()) if len(v) else nan,
+                    f"{key}_sd": float(v.std(ddof=1)) if len(v) > 1 else nan,
+                    f"{key}_min": float(v.min()) if len(v) else nan, f"{key}_max": float(v.max()) if len(v) else nan})
     return out
 
 
@@ -582,13 +586,8 @@ def setting_table(rows: list[dict], out: Path) -> list[dict]:
     table = []
     for setting, lr in sorted({(r["setting"], r["lr"]) for r in rows if r["setting"]}):
         mine = [r for r in rows if r["setting"] == setting and r["lr"] == lr]
-        entry = {"setting": setting, "lr": lr, "trials": len(mine), "failed": sum(bool(r["error"]) for r in mine)}
-        for key in SETS:
-            v = np.array([r[f"{key}_auc"] for r in mine], float)
-            v = v[np.isfinite(v)]
-            entry[f"{key}_seeds"] = len(v)
-            entry[f"{key}_mean"] = float(v.mean()) if len(v) else float("nan")
-            entry[f"{key}_sd"] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+        entry = {"setting": setting, "lr": lr, "trials": len(mine), "failed": sum(bool(r["error"]) for r in mine),
+                 **seed_stats(mine)}
         cards = [out / "trials" / r["trial"] / DATA_CARD_JSON for r in mine]
         card = next((json.loads(c.read_text()) for c in cards if c.is_file()), {})
         entry["card"] = {k: card.get(k) for k in ("kept", "planned", "clinical_max_min", "anatomy_max_min",
