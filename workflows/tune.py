@@ -375,7 +375,9 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     real = real or cfg.data.real
     points = tcfg.search.synth_points()
     if points != [{}]:  # every trial synthesises its own data: none is given or built up front
-        synthetic = real = None
+        if synthetic or real:
+            raise ConfigError("tune: search.synth makes every trial synthesise its own data; drop --synthetic/--real "
+                              "(and data.synthetic/data.real)")
     build = synthetic is None and real is None and points == [{}]  # the sweep builds its own data
     if synthetic is None and real is None and tcfg.data is None:
         raise ConfigError("tune: no data: give --synthetic and --real (or data.synthetic / data.real), or a `data:` "

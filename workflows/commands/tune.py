@@ -13,6 +13,10 @@ experiment's trial: a Ray Train run of the training config (`train_config:` file
 the common and the rare findings; ASHA, when on, stops weak trials on validation.metric. Without
 --synthetic/--real (and none in the config) the sweep builds both through the engine (`data:`):
 a balanced synthetic set and a real-like set from the corpus, as `syncxr experiment` does.
+With `search.synth` (engine settings by dotted key, e.g. plan.k) each trial synthesises its own
+dataset with its settings (cached in DIR/data by the engine config's digest, reused by a rerun),
+trains on it alone and keeps its data card beside its scores; results.md then names the best
+setting against the runner-up with paired intervals, and synth.png maps AUC over the settings.
 
 Outputs in DIR: results.csv, results.json and results.md (one row per trial: ratio, lr, seed,
 epochs done, stopped early, validation metric, zero-shot AUC; then mean ± sd over seeds per
@@ -52,8 +56,10 @@ def run(args) -> int:
     if best:
         print(f"best by validation: ratio {best['ratio']:g} lr {best['lr']:g} seed {best['seed']} "
               f"{metric} {best[f'{metric}_best']:.3f}")
-    if rows:
-        print("Per ratio, over seeds" + (out / "results.md").read_text().split("Per ratio, over seeds")[-1].rstrip())
+    text = (out / "results.md").read_text() if rows else ""
+    for section in ("Per ratio, over seeds", "## Synthesis settings"):
+        if section in text:
+            print(section + text.split(section)[-1].rstrip())
     print(f"{len(rows)} trials ({sum(r['stopped_early'] for r in rows)} stopped by ASHA, {len(failed)} failed): "
           f"{out / 'results.md'}, {out / 'results.csv'}, {out / 'ratio.png'}")
     return 3 if failed else 0
