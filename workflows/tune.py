@@ -151,14 +151,13 @@ def trial_dataset(out: Path, synth_config: str, point: dict[str, Any], n: int) -
     directory (a damaged part is recomputed, never trusted)."""
     import yaml
 
+    from engine.core.config import find_config_file
     from engine.core.files import write_text
     from engine.core.ownership import value_digest
     from workflows.datasets import synth
 
     cfg = synth_engine_config(synth_config, point)
     digest = value_digest(cfg.model_dump(mode="json"))[:12]
-    from engine.core.config import find_config_file
-
     merged = deep_merge(yaml.safe_load(find_config_file(synth_config).read_text()) or {}, nested(point))
     config_file = out / "configs" / f"synth-{digest}.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
