@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 from pydantic import Field
 
-from engine.core.config import Section, load_config
+from engine.core.config import Section, deep_merge, find_config_file, load_config
 from engine.core.files import write_text
 from engine.dataset import open_dataset, report_text
 
@@ -33,11 +33,9 @@ def synth(config: Path, n: int, out: Path) -> Path:
 
 
 def variant_config(synth_config: str, out: Path, name: str, changes: dict) -> Path:
-    """The engine config with `changes` (section -> settings) on top, written as out/<name>.yaml so
-    the run's own record names it."""
-    data = yaml.safe_load(Path(synth_config).read_text()) or {}
-    for section, settings in changes.items():
-        data.setdefault(section, {}).update(settings)
+    """The engine config with `changes` (nested settings) merged on top, written as out/<name>.yaml
+    so the run's own record names it."""
+    data = deep_merge(yaml.safe_load(find_config_file(synth_config).read_text()) or {}, changes)
     path = out / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, yaml.safe_dump(data, sort_keys=False))
@@ -46,7 +44,7 @@ def variant_config(synth_config: str, out: Path, name: str, changes: dict) -> Pa
 
 def real_like_config(synth_config: str, out: Path) -> Path:
     """The engine config with the corpus plan and the corpus report writer."""
-    corpus = (yaml.safe_load(Path(synth_config).read_text()) or {}).get("corpus", {})
+    corpus = (yaml.safe_load(find_config_file(synth_config).read_text()) or {}).get("corpus", {})
     return variant_config(synth_config, out, "real-like", {
         "plan": {"mode": "corpus"}, "reports": {"backend": "corpus", "options": {"corpus": corpus}}})
 
@@ -54,6 +52,15 @@ def real_like_config(synth_config: str, out: Path) -> Path:
 def drawable_config(synth_config: str, out: Path) -> Path:
     """The engine config whose balanced plan keeps only the findings the image backend draws."""
     return variant_config(synth_config, out, "synthetic-drawable", {"plan": {"drawable_only": True}})
+
+
+def real_like(synth_config: str, n: int, out: Path, settings: RealLikeSection) -> tuple[Path, Path]:
+    """(the engine run, the spoilt table) of n real-like pairs under out/data, configs in
+    out/configs: what the experiment's real arm and a sweep's real side train on."""
+    engine_run = synth(real_like_config(synth_config, out / "configs"), n, out / "data" / "real-like-drawn")
+    table = write_real_like_table(engine_run, out / "data" / "real-like", settings.unpaired_share,
+                                  settings.low_quality_share, settings.seed)
+    return engine_run, table
 
 
 def spoil_plan(n: int, unpaired_share: float, low_quality_share: float, seed: int) -> tuple[np.ndarray, dict[int, str]]:

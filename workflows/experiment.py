@@ -27,8 +27,7 @@ from pydantic import Field, field_validator, model_validator
 from engine.core.config import Section, beside, deep_merge, load_config, load_yaml_model
 from engine.core.files import save_figure, write_json, write_text
 from engine.core.ownership import claim, value_digest
-from workflows.datasets import (RealLikeSection, data_card, drawable_config, mixed_card, real_like_config, synth,
-                                write_real_like_table)
+from workflows.datasets import RealLikeSection, data_card, drawable_config, mixed_card, real_like, synth
 from workflows.scoring import SETS, EvalSection, TestSets, load_scores
 from workflows.stats import Comparison, compare
 
@@ -251,9 +250,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, log=print) -> dict:
     rl = cfg.real_like
     log(f"  real-like ({cfg.n} corpus reports drawn from their own entities, "
         f"{rl.unpaired_share:.0%} unpaired, {rl.low_quality_share:.0%} low quality)")
-    real_engine = synth(real_like_config(cfg.synth_config, out / "configs"), cfg.n, out / "data" / "real-like-drawn")
-    real_table = write_real_like_table(real_engine, out / "data" / "real-like", rl.unpaired_share,
-                                       rl.low_quality_share, rl.seed)
+    real_engine, real_table = real_like(cfg.synth_config, cfg.n, out, rl)
     cards = {"real": data_card(real_engine, real_table), "synthetic": data_card(synthetic)}
     if drawable is not None:
         cards["synthetic-drawable"] = data_card(drawable)

@@ -149,19 +149,12 @@ def trial_dataset(out: Path, synth_config: str, point: dict[str, Any], n: int) -
     API under out/data/synth-<digest of the engine config>: trials that share the settings share
     it (one at a time, under a lock), a rerun reuses it, and the engine verifies it like any run
     directory (a damaged part is recomputed, never trusted)."""
-    import yaml
-
-    from engine.core.config import find_config_file
-    from engine.core.files import write_text
     from engine.core.ownership import value_digest
-    from workflows.datasets import synth
+    from workflows.datasets import synth, variant_config
 
     cfg = synth_engine_config(synth_config, point)
     digest = value_digest(cfg.model_dump(mode="json"))[:12]
-    merged = deep_merge(yaml.safe_load(find_config_file(synth_config).read_text()) or {}, nested(point))
-    config_file = out / "configs" / f"synth-{digest}.yaml"
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    write_text(config_file, yaml.safe_dump(merged, sort_keys=False))
+    config_file = variant_config(synth_config, out / "configs", f"synth-{digest}", nested(point))
     data_dir = out / "data" / f"synth-{digest}"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(out / "data" / f".synth-{digest}.lock", "w") as lock:
@@ -346,15 +339,12 @@ class _TrialLines:
 def build_data(tcfg: TuneConfig, out: Path, log=print) -> tuple[str, str, dict]:
     """(synthetic dir, real spec, data cards) of the sweep's own datasets under out/data, built
     through the engine as the experiment builds them; a rerun reuses finished ones."""
-    from workflows.datasets import data_card, real_like_config, synth, write_real_like_table
+    from workflows.datasets import data_card, real_like, synth
 
     b = tcfg.data
     log(f"tune: building the data: {b.n} synthetic pairs and {b.n} real-like ones ({b.synth_config})")
     synthetic = synth(Path(b.synth_config), b.n, out / "data" / "synthetic")
-    real_engine = synth(real_like_config(b.synth_config, out / "configs"), b.n, out / "data" / "real-like-drawn")
-    rl = b.real_like
-    table = write_real_like_table(real_engine, out / "data" / "real-like", rl.unpaired_share,
-                                  rl.low_quality_share, rl.seed)
+    real_engine, table = real_like(b.synth_config, b.n, out, b.real_like)
     cards = {"synthetic": data_card(synthetic), "real": data_card(real_engine, table)}
     return str(synthetic), f"table:{table}", cards
 
@@ -436,14 +426,14 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     grid = tuner.fit()
     rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs, out)
     curve = ratio_curve(rows) if points == [{}] else []
-    write_results(rows, curve, out, metric)
+    summary = write_results(rows, curve, out, metric)
     settings, comps = [], []
     if points != [{}]:
         settings = setting_table(rows, out)
         comps = best_setting_comparisons(rows, settings, out)
-        write_synth_results(rows, settings, comps, list(tcfg.search.synth), out)
+        summary = write_synth_results(rows, settings, comps, list(tcfg.search.synth), out)
     write_json(out / "results.json", {"rows": rows, "curve": curve, "data_cards": cards, "synthetic": synthetic,
-                                      "real": real, "settings": settings,
+                                      "real": real, "settings": settings, "summary": summary,
                                       "best": [{**c.__dict__, "sentence": best_sentence(c)} for c in comps]})
     return rows
 
@@ -505,9 +495,10 @@ def seed_stats(trials: list[dict]) -> dict:
     return out
 
 
-def write_results(rows: list[dict], curve: list[dict], out: Path, metric: str) -> None:
+def write_results(rows: list[dict], curve: list[dict], out: Path, metric: str) -> str:
+    """results.csv, results.md and ratio.png; returns the per-ratio summary (markdown), if any."""
     if not rows:
-        return
+        return ""
     with (out / "results.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -523,13 +514,15 @@ def write_results(rows: list[dict], curve: list[dict], out: Path, metric: str) -
              "five common and the six rarest drawable findings (chance 0.5), for trials that finished.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    summary = []
     if curve:
-        lines += ["", "Per ratio, over seeds (mean ± sd, [min, max]):", "",
-                  "| ratio | lr | seeds | common | rare |", "|---|---|---|---|---|"]
+        summary = ["Per ratio, over seeds (mean ± sd, [min, max]):", "",
+                   "| ratio | lr | seeds | common | rare |", "|---|---|---|---|---|"]
         for p in curve:
             cells = [f"{p[f'{k}_mean']:.3f} ± {p[f'{k}_sd']:.3f} [{p[f'{k}_min']:.3f}, {p[f'{k}_max']:.3f}]"
                      if p[f"{k}_seeds"] else "-" for k in SETS]
-            lines.append(f"| {p['ratio']:g} | {p['lr']:g} | {p['common_seeds']} | " + " | ".join(cells) + " |")
+            summary.append(f"| {p['ratio']:g} | {p['lr']:g} | {p['common_seeds']} | " + " | ".join(cells) + " |")
+        lines += [""] + summary
     scored = [r for r in rows if np.isfinite(r["common_auc"])]
     if scored:
         low = min(scored, key=lambda r: r["common_auc"])
@@ -539,6 +532,7 @@ def write_results(rows: list[dict], curve: list[dict], out: Path, metric: str) -
     (out / "results.md").write_text("\n".join(lines) + "\n")
     if curve:
         plot_ratio(rows, curve, out / "ratio.png")
+    return "\n".join(summary)
 
 
 def _fmt(v) -> str:
@@ -636,7 +630,8 @@ def best_sentence(comp) -> str:
             f"{comp.mean:+.3f} {interval}")
 
 
-def write_synth_results(rows: list[dict], table: list[dict], comps: list, knobs: list[str], out: Path) -> None:
+def write_synth_results(rows: list[dict], table: list[dict], comps: list, knobs: list[str], out: Path) -> str:
+    """The per-setting section of results.md and synth.png; returns the section (markdown)."""
     lines = ["", "## Synthesis settings", "",
              "Per setting, over seeds: zero-shot AUC (mean ± sd) and what the setting did to its dataset "
              "(kept of planned, max/min mentions of the plan's clinical and anatomy entities, pairs whose present "
@@ -659,6 +654,7 @@ def write_synth_results(rows: list[dict], table: list[dict], comps: list, knobs:
     with (out / "results.md").open("a") as fh:
         fh.write("\n".join(lines) + "\n")
     plot_settings(table, knobs, out / "synth.png")
+    return "\n".join(lines).strip()
 
 
 def plot_settings(table: list[dict], knobs: list[str], path: Path) -> None:

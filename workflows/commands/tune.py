@@ -1,6 +1,7 @@
 """`syncxr tune`: Ray Tune over the synthetic:real ratio, the learning rate and the seed (workflows/tune.py)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from train.data.sources import REAL_HELP
@@ -56,10 +57,8 @@ def run(args) -> int:
     if best:
         print(f"best by validation: ratio {best['ratio']:g} lr {best['lr']:g} seed {best['seed']} "
               f"{metric} {best[f'{metric}_best']:.3f}")
-    text = (out / "results.md").read_text() if rows else ""
-    for section in ("Per ratio, over seeds", "## Synthesis settings"):
-        if section in text:
-            print(section + text.split(section)[-1].rstrip())
+    if rows:
+        print(json.loads((out / "results.json").read_text())["summary"])
     print(f"{len(rows)} trials ({sum(r['stopped_early'] for r in rows)} stopped by ASHA, {len(failed)} failed): "
           f"{out / 'results.md'}, {out / 'results.csv'}, {out / 'ratio.png'}")
     return 3 if failed else 0
