@@ -167,12 +167,12 @@ def run(cfg_path: Path, n: int, out: Path, overrides: dict | None = None) -> dic
     return run_synth(load_config(cfg_path, overrides), n, out)
 
 
-def flaky_config(tmp_path: Path, options: dict, **sections) -> Path:
+def flaky_config(tmp_path: Path, options: dict, images: dict | None = None, **sections) -> Path:
     """A config whose image backend is tests/synth_fakes.FlakyPhantom (the phantom, made to fail or wait)."""
     from engine.images.pipeline import IMAGE_BACKENDS
 
     IMAGE_BACKENDS.register("flaky", "synth_fakes:FlakyPhantom")
-    return small_config(tmp_path, images={"backend": "flaky", "options": options}, **sections)
+    return small_config(tmp_path, images={"backend": "flaky", "options": options, **(images or {})}, **sections)
 
 
 def assert_same_samples(out: Path, ref_out: Path) -> None:
@@ -278,8 +278,15 @@ def test_a_killed_worker_actor_does_not_fail_the_run(reference_run, tmp_path):
     import psutil
 
     _, ref_out, _ = reference_run
-    # the same images as the reference run, drawn slowly enough to be interrupted
-    cfg = flaky_config(tmp_path, {"fail_every": 0, "sleep_s": 0.5})
+    # the same images as the reference run (seeded per row, so batch sizes do not matter), drawn
+    # by one actor in 15 slow blocks of 4 rows that every stage passes on one by one: the first
+    # part is written while the actor still has blocks to draw. (With the stages' batches of 64,
+    # the part waits for all 60 images, and the actor may be shut down before any part appears.)
+    small = {"batch_size": 4, "min_actors": 1, "max_actors": 1}
+    cfg = flaky_config(tmp_path, {"fail_every": 0, "sleep_s": 1.0},
+                       images={"resources": {"num_cpus": 0.5, **small}},
+                       reports={"resources": {"num_cpus": 0.25, **small}},
+                       qc={"embedder": {"backend": "pixels", "resources": {"num_cpus": 0.4, **small}}})
     out = tmp_path / "worker-killed"
     result = {}
     thread = threading.Thread(target=lambda: result.update(manifest=run(cfg, 60, out)))
