@@ -8,8 +8,9 @@ with seeded choices among report-style phrasings. No weights; deterministic per 
   pneumothorax or pleural effusion."), a few in the words reports use ("The heart size is
   normal." when the heart is among the anatomy);
 - diagnoses (DISEASE / NON-DISEASE) and the main present findings go to IMPRESSION.
-Each sentence names its entities as the plan wrote them and adds no other clinical word, so the
-plan's own extractor reads back the sampled set (report QC measures it)."""
+Each sentence names its entities as the plan wrote them, sometimes with a descriptor the corpus
+uses for that finding ("Small pleural effusion is seen."; engine/text/descriptors.py), and adds no
+other clinical word, so the plan's own extractor reads back the sampled set (report QC measures it)."""
 from __future__ import annotations
 
 import re
@@ -204,8 +205,9 @@ class TemplateComposer:
 
     def __init__(self, regions: Optional[dict[str, str]] = None, phrases: Optional[dict] = None,
                  statements: Optional[dict] = None, max_absent_list: int = 3, statement_rate: float = 0.7,
-                 max_fit_cost: float = 0.75):
+                 max_fit_cost: float = 0.75, descriptors: Optional[dict[str, dict]] = None):
         self.regions = regions or {}
+        self.descriptors = descriptors or {}  # engine.text.descriptors: how the corpus qualifies findings
         self.phrases = phrases or PHRASES
         self.statements = STATEMENTS if statements is None else statements
         self.max_absent_list = max_absent_list
@@ -215,6 +217,21 @@ class TemplateComposer:
     def _pick(self, rng: np.random.Generator, kind: str) -> str:
         options = self.phrases[kind]
         return options[int(rng.integers(len(options)))]
+
+    def describe(self, names: list[str], rng: np.random.Generator) -> dict[str, str]:
+        """Finding -> how this report names it: with a descriptor as often as the corpus uses one
+        ("small pleural effusion"), the word drawn by its corpus frequency; chosen once per report,
+        so FINDINGS and IMPRESSION agree."""
+        out = {}
+        for x in names:
+            entry = self.descriptors.get(x)
+            u = float(rng.random())  # one draw per finding, so a table change moves no other choice
+            if not entry:
+                continue
+            words, counts = list(entry["words"]), np.array(list(entry["words"].values()), float)
+            if u < counts.sum() / entry["mentions"]:
+                out[x] = f"{words[int(np.searchsorted(np.cumsum(counts), u * entry['mentions'], side='right'))]} {x}"
+        return out
 
     def place_anatomy(self, anatomy: list[str], hosts: list[tuple[str, str]], rng) -> dict[str, str]:
         """Finding -> the anatomy that locates it: cheapest fits first, one anatomy per finding.
@@ -235,7 +252,8 @@ class TemplateComposer:
         return placed
 
     def compose(self, entities: list[dict], seed: int, candidate: int = 0) -> tuple[str, str]:
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF, int(candidate)])
+        seed_words = [int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF, int(candidate)]
+        rng = np.random.default_rng(seed_words)
         by_type: dict[str, list[str]] = {t: [] for t in (ABNORMALITY, NON_ABNORMALITY, DISEASE, NON_DISEASE, ANATOMY)}
         for e in entities:
             if e["text"] not in by_type[e["type"]]:
@@ -244,6 +262,8 @@ class TemplateComposer:
             rng.shuffle(names)
         present, absent = by_type[ABNORMALITY], by_type[NON_ABNORMALITY]
         diseases, excluded, anatomy = by_type[DISEASE], by_type[NON_DISEASE], list(by_type[ANATOMY])
+        # its own stream: descriptors leave every other choice as it was without them
+        say = self.describe(present + diseases, np.random.default_rng([*seed_words, 1]))
 
         findings: list[tuple[int, int, str]] = []  # (report order, 0 present / 1 absent / 2 other, text)
         # Natural statements first: they use up their anatomy.
@@ -270,9 +290,9 @@ class TemplateComposer:
             kind = "device" if group in _DEVICE_GROUPS else "present"
             if x in where:
                 at = "line_at" if group in _LINE_GROUPS and rng.random() < 0.6 else f"{kind}_at"
-                text = fill(self._pick(rng, at), x=x, y=where[x])
+                text = fill(self._pick(rng, at), x=say.get(x, x), y=where[x])
             else:
-                text = fill(self._pick(rng, kind), x=x)
+                text = fill(self._pick(rng, kind), x=say.get(x, x))
             findings.append((_REPORT_ORDER.index(finding_group(x)), 0, text))
         for x in absent:
             if x in where:
@@ -295,16 +315,16 @@ class TemplateComposer:
         # excluded diagnoses, a global negative.
         impression = []
         for d in diseases:
-            impression.append(fill(self._pick(rng, "diagnosis_at"), x=d, y=where[d]) if d in where
-                              else fill(self._pick(rng, "diagnosis"), x=d))
+            impression.append(fill(self._pick(rng, "diagnosis_at"), x=say.get(d, d), y=where[d]) if d in where
+                              else fill(self._pick(rng, "diagnosis"), x=say.get(d, d)))
         all_present = by_type[ABNORMALITY]
         clinical = [x for x in all_present if finding_group(x) not in _DEVICE_GROUPS]
         summary = clinical or ([] if diseases else all_present)
         if summary:
             n_summary = int(rng.integers(0 if diseases else 1, min(2, len(summary)) + 1))
             for x in summary[:n_summary]:
-                impression.append(fill(self._pick(rng, "summary_at"), x=x, y=where[x]) if x in where and rng.random() < 0.5
-                                  else fill(self._pick(rng, "summary"), x=x))
+                impression.append(fill(self._pick(rng, "summary_at"), x=say.get(x, x), y=where[x])
+                                  if x in where and rng.random() < 0.5 else fill(self._pick(rng, "summary"), x=say.get(x, x)))
         impression += [fill(self._pick(rng, "excluded"), x=x) for x in excluded]
         impression += [fill(self._pick(rng, "excluded"), x=x) for x in absent_global]
         if not impression:  # nothing positive: restate what is absent
@@ -313,11 +333,11 @@ class TemplateComposer:
                 impression.append(fill(self._pick(rng, "absent") if len(restate) == 1 else self._pick(rng, "absent_list"),
                                        x=restate[0], xs=restate))
             elif all_present:
-                impression.append(fill(self._pick(rng, "summary"), x=all_present[0]))
+                impression.append(fill(self._pick(rng, "summary"), x=say.get(all_present[0], all_present[0])))
         if not finding_text:
             # Only diagnoses (and global negatives): the findings describe them too.
-            finding_text = [fill(self._pick(rng, "present_at"), x=d, y=where[d]) if d in where
-                            else fill(self._pick(rng, "present"), x=d) for d in diseases]
+            finding_text = [fill(self._pick(rng, "present_at"), x=say.get(d, d), y=where[d]) if d in where
+                            else fill(self._pick(rng, "present"), x=say.get(d, d)) for d in diseases]
             finding_text += [fill(self._pick(rng, "excluded"), x=x) for x in excluded + absent_global]
         return " ".join(finding_text), " ".join(impression)
 
@@ -328,6 +348,9 @@ class TemplateOptions(BaseModel):
     lexicon: Optional[str] = None  # anatomy regions from this lexicon YAML; default: the packaged one
     max_absent_list: int = 3  # absent findings listed in one sentence at most
     statement_rate: float = 0.7  # how often a natural statement replaces "No cardiomegaly." etc.
+    # how the corpus qualifies findings ("small", "patchy"; engine.text.descriptors): "packaged"
+    # (mined from IU X-ray), a table's path, or null for the bare entity names
+    descriptors: Optional[str] = "packaged"
 
 
 def anatomy_regions(lexicon_path: Optional[str] = None) -> dict[str, str]:
@@ -335,6 +358,12 @@ def anatomy_regions(lexicon_path: Optional[str] = None) -> dict[str, str]:
     from engine.text.lexicon import load_lexicon
 
     return {e.name: e.region for e in load_lexicon(lexicon_path) if e.type == ANATOMY}
+
+
+def descriptor_table(source: Optional[str]) -> dict[str, dict]:
+    from engine.text.descriptors import load_descriptors
+
+    return {} if source is None else load_descriptors(None if source == "packaged" else source)
 
 
 class TemplateReportWriter(CandidateStage):
@@ -345,12 +374,14 @@ class TemplateReportWriter(CandidateStage):
         opts = cls.options_of(rcfg.options)
         if opts.lexicon:
             anatomy_regions(opts.lexicon)  # a bad lexicon path fails here, naming the file
+        descriptor_table(opts.descriptors)  # and so does a bad descriptor table
 
     def __init__(self, num_candidates: int = 1, options: Optional[dict] = None):
         opts = TemplateOptions.model_validate(options or {})
         self.num_candidates = num_candidates
         self.composer = TemplateComposer(anatomy_regions(opts.lexicon), max_absent_list=opts.max_absent_list,
-                                         statement_rate=opts.statement_rate)
+                                         statement_rate=opts.statement_rate,
+                                         descriptors=descriptor_table(opts.descriptors))
 
     def generate(self, rows: list[dict]) -> list[tuple[list[str], list[bool]]]:
         out = []
