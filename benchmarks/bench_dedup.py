@@ -61,15 +61,32 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
-SHAPES = ("cone", "clustered", "powerlaw")
+SHAPES = ("cone", "clustered", "powerlaw", "engine")
+ENGINE_ENV = "BENCH_ENGINE_EMBEDDINGS"  # the engine shape's source: a `syncxr embed` Parquet file
+
+
+def engine_embeddings(path: str) -> np.ndarray:
+    """The image embeddings of a `syncxr embed` output, unit, zero-padded to DIM (cosines unchanged)."""
+    import pyarrow.parquet as pq
+
+    col = pq.read_table(path, columns=["image_embedding"]).column("image_embedding").combine_chunks()
+    e = col.flatten().to_numpy().astype(np.float32).reshape(len(col), -1)
+    if e.shape[1] > DIM:
+        raise SystemExit(f"{path}: embeddings of {e.shape[1]} dims; the benchmark holds at most {DIM}")
+    return np.pad(_unit(e), ((0, 0), (0, DIM - e.shape[1])))
 
 
 def make_data(n: int, out: np.ndarray, seed: int = 0, shape: str = "cone"):
     """Fill out (n, DIM) chunk by chunk; returns (group id per row or -1, decoy partner or -1).
     cone: the narrow cone above. clustered: 50 centres around a common direction (cosine ~0.7
     between them), each row its centre plus isotropic noise (cosine ~0.85 inside a centre).
-    powerlaw: no axis, no centres, variance ~ k^-1 over all 768 directions."""
+    powerlaw: no axis, no centres, variance ~ k^-1 over all 768 directions. engine: the image
+    embeddings of engine images by a trained model (`syncxr embed`, file in $BENCH_ENGINE_EMBEDDINGS),
+    tiled: each row one of them moved to cosine 0.90-0.95 from it, isotropically inside the
+    embeddings' own dimensions (two tiles of one image sit at ~0.81-0.90)."""
     rng = np.random.default_rng(seed)
+    engine = engine_embeddings(os.environ[ENGINE_ENV]) if shape == "engine" else None
+    inside = DIM if engine is None else int(np.flatnonzero(np.abs(engine).sum(axis=0) > 0).max()) + 1
     basis = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0].T.astype(np.float32)
     axis, basis = basis[0], basis[1:]
     sig = (np.arange(1, DIM) ** -0.5).astype(np.float32)
@@ -87,6 +104,8 @@ def make_data(n: int, out: np.ndarray, seed: int = 0, shape: str = "cone"):
         if shape == "clustered":
             v = _unit(centres[r.integers(0, n_centres, k)]
                       + 0.42 * r.standard_normal((k, DIM)).astype(np.float32) / math.sqrt(DIM))
+        elif shape == "engine":
+            v = np.stack([_tilt(r, engine[i], r.uniform(0.90, 0.95), inside) for i in (c0 + np.arange(k)) % len(engine)])
         elif shape == "powerlaw":
             full_sig = (np.arange(1, DIM + 1) ** -0.5).astype(np.float32)
             v = _unit(_spectral(r, k, full_sig / np.sqrt((full_sig ** 2).sum()), np.vstack([axis, basis])))
@@ -95,6 +114,8 @@ def make_data(n: int, out: np.ndarray, seed: int = 0, shape: str = "cone"):
                       + math.sqrt(0.12) * _spectral(r, k, sig, basis))
 
         def near(base, cos):
+            if engine is not None:
+                return _tilt(r, base, cos, inside)
             u = _unit(0.7 * _unit(_spectral(r, 1, sig, basis)[0]) + 0.7 * _unit(r.standard_normal(DIM).astype(np.float32)))
             u = _unit(u - (u @ base) * base)
             return _unit(base + math.sqrt(1 / cos ** 2 - 1) * u)
@@ -117,6 +138,14 @@ def make_data(n: int, out: np.ndarray, seed: int = 0, shape: str = "cone"):
             decoy[c0 + d] = c0 + b
         out[c0:c0 + k] = v
     return group, decoy
+
+
+def _tilt(r, base: np.ndarray, cos: float, inside: int) -> np.ndarray:
+    """base moved to cosine `cos` along a random direction of its first `inside` dimensions."""
+    u = np.zeros(DIM, np.float32)
+    u[:inside] = r.standard_normal(inside)
+    u = _unit(u - (u @ base) * base)
+    return _unit(base + math.sqrt(1 / cos ** 2 - 1) * u)
 
 
 def sample_ids(n: int) -> list[str]:
@@ -371,6 +400,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-queries", type=int, default=10_000, help="query rows of exact-sample")
     ap.add_argument("--shapes", default="cone", help=f"comma-separated data shapes: {', '.join(SHAPES)}")
     ap.add_argument("--append", action="store_true", help="add the rows to the existing results file")
+    ap.add_argument("--engine-embeddings", help="the engine shape's source: a `syncxr embed` Parquet file")
     ap.add_argument("--worker", nargs=4, metavar=("DATA", "METHOD", "OUT", "EXTRA"), help=argparse.SUPPRESS)
     ap.add_argument("--make-data", nargs=4, metavar=("N", "PATH", "PARQUET", "SHAPE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -388,6 +418,10 @@ def main(argv=None) -> int:
     unknown = sorted(set(shapes) - set(SHAPES))
     if unknown:
         ap.error(f"--shapes: unknown {', '.join(unknown)} (choose from {', '.join(SHAPES)})")
+    if "engine" in shapes:
+        if not args.engine_embeddings:
+            ap.error("--shapes engine needs --engine-embeddings FILE (a `syncxr embed` output)")
+        os.environ[ENGINE_ENV] = str(Path(args.engine_embeddings).resolve())  # the data child reads it
     lines = []
     for shape, n in ((shape, n) for shape in shapes for n in sizes):
         with tempfile.TemporaryDirectory(prefix="bench-dedup-", dir="/tmp") as tmp:

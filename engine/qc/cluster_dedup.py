@@ -19,9 +19,11 @@ distance < eps = sqrt(2 - 2t).
 4. pairs: inside each cell, the home members against each other (upper-triangular blocks) and
    against the spilled ones, block by block. Candidates are the pairs within eps in the projected
    space (a superset of the answer: p-dimensional matrix multiplies, torch on the GPU when there
-   is one). Where a block's projected filter passes more than a few percent of its pairs (the
-   data's spread lies outside the principal directions, as in clustered embeddings), that block
-   is compared in the full space instead. Each candidate is then re-scored in float64 in the full
+   is one). Where the projected filter would pass more than a few percent of a cell's pairs (the
+   data's spread lies outside the principal directions, as in clustered embeddings), the cell is
+   compared in the full space instead: cells the training sample shows to be such are marked when
+   the cells are fitted (both paths use the mark), and a block of another cell whose filter turns
+   out unselective is compared in the full space on the spot. Each candidate is then re-scored in float64 in the full
    space, one pair at a time, so a pair's cosine never depends on the shape of the block it was
    found in, and only the pairs above the threshold are kept: memory is bounded by the block
    size whatever the data. Spilled members are never compared with each other: cells near the
@@ -56,6 +58,9 @@ class CellModel:
 
     proj: Optional[np.ndarray]  # (d, p) float32 orthonormal columns, or None: the full space
     centroids: np.ndarray  # (cells, p) float32, in the projected space
+    # (cells,) bool: cells whose projected filter is predicted not to be selective (the Ray Data
+    # path compares them in the full space); None: not measured
+    full_space: Optional[np.ndarray] = None
 
     @property
     def cells(self) -> int:
@@ -127,6 +132,26 @@ def fit_cells(sample: np.ndarray, cells: int, cfg) -> CellModel:
         km.train(z)
         centroids = km.centroids
     return CellModel(proj=proj, centroids=np.ascontiguousarray(centroids, dtype=np.float32))
+
+
+def unselective_cells(model: CellModel, sample: np.ndarray, threshold: float) -> np.ndarray:
+    """(cells,) bool: the cells whose projected candidate filter would pass more than UNSELECTIVE of
+    their pairs, measured on the training sample's members of each cell (their spread is the
+    cell's). A cell with fewer than two sample rows counts as selective. All False without a
+    projection: the cells are already in the full space."""
+    full = np.zeros(model.cells, bool)
+    if model.proj is None or len(sample) < 2:
+        return full
+    z = project(sample, model.proj)
+    home = assign_cells(sample, model, 1, 0.0, projected=z)[:, 0]
+    order = np.argsort(home, kind="stable")
+    bounds = np.flatnonzero(np.diff(home[order])) + 1
+    for rows in np.split(order, bounds):
+        if len(rows) < 2:
+            continue
+        passed = sum(int(hit.sum()) for _, _, hit in candidate_blocks(z[rows], threshold, len(rows)))
+        full[home[rows[0]]] = passed > UNSELECTIVE * len(rows) * (len(rows) - 1) / 2
+    return full
 
 
 def project(x: np.ndarray, proj: Optional[np.ndarray]) -> np.ndarray:
@@ -433,7 +458,12 @@ def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, st
     n = len(x)
     clock = [time.perf_counter()]
     cells = default_cells(n, cfg)
-    model = fit_cells(training_sample(x, sample_ids, cells, cfg), cells, cfg)
+    sample = training_sample(x, sample_ids, cells, cfg)
+    model = fit_cells(sample, cells, cfg)
+    # cells whose projected filter the sample shows to pass most pairs go to the full space at
+    # once (the per-block rule below still catches the blocks the sample did not foresee)
+    model.full_space = unselective_cells(model, sample, threshold)
+    del sample
     clock.append(time.perf_counter())
     projected = None
     if model.proj is not None:  # kept for the cells' candidate filter: p/d of the vectors' size
@@ -452,6 +482,7 @@ def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, st
     bounds = np.flatnonzero(np.diff(cell_of)) + 1
     clock.append(time.perf_counter())
     groups = np.split(row_of, bounds)
+    in_full_space = model.full_space[cell_of[np.r_[0, bounds]]] if len(cell_of) else np.zeros(0, bool)
     homes = [int(len(g) - k) for g, k in zip(groups, (int(v.sum()) for v in np.split(spilled, bounds)))]
     sz, hz = np.asarray([len(g) for g in groups], np.int64), np.asarray(homes, np.int64)
     compared = int((hz * (hz - 1) // 2 + hz * (sz - hz)).sum())
@@ -460,16 +491,17 @@ def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, st
     exact = compared >= EXACT_SHARE * (n * (n - 1) // 2)
     if exact:
         del projected, cell_of, row_of, spilled, groups
-        groups, homes, projected = [np.arange(n, dtype=np.int64)], [n], None
+        groups, homes, projected, in_full_space = [np.arange(n, dtype=np.int64)], [n], None, np.ones(1, bool)
     parts_i, parts_j, parts_s = [], [], []
     counts = {"blocks": 0, "full_space_blocks": 0, "candidates": 0}
 
-    def cell(rows, n_home):
-        if projected is None:
+    def cell(rows, n_home, full_space):
+        if projected is None or full_space:
             return rows, (lambda: np.asarray(x[rows], dtype=np.float32)), n_home, None
         return rows, (lambda: projected[rows]), n_home, (lambda pos: np.asarray(x[rows[pos]], dtype=np.float32))
 
-    for a, b, s, c in pairs_in_cells((cell(rows, h) for rows, h in zip(groups, homes) if h), threshold):
+    for a, b, s, c in pairs_in_cells((cell(rows, h, f) for rows, h, f in zip(groups, homes, in_full_space) if h),
+                                     threshold):
         for key, value in c.items():
             counts[key] += value
         if len(a):
@@ -478,6 +510,7 @@ def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, st
         clock.append(time.perf_counter())
         stats.update(cells=model.cells, largest_cell=int(sz.max(initial=0)), largest_home=int(hz.max(initial=0)),
                      spilled_per_vector=float(sz.sum() - n) / max(n, 1), compared=compared, exact_fallback=exact,
+                     full_space_cells=int(model.full_space.sum()),
                      fit_s=clock[1] - clock[0], assign_s=clock[2] - clock[1], pairs_s=clock[3] - clock[2], **counts)
     if not parts_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)

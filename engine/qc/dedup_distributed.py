@@ -3,11 +3,16 @@ gather on the driver.
 
     rows (sample_id, embedding)
       -> map_batches: keep the hash-chosen training rows      -> one task: fit the cells (k-means)
+         and mark the cells where the projection would not filter (measured on the sample)
       -> map_batches: each row to its cells (bucket, cell, spilled, sample_id, z): its home cell
          and the cells it is spilled into, as its projection z (p of d floats), model broadcast
       -> groupby(bucket).map_groups: inside each cell of a bucket of cells, the candidate pairs
          (closer than the threshold in z) among home members and between home and spilled ones
          (GPU when present)
+      -> the same two steps for the marked cells, whose rows travel as full vectors: there the
+         pairs above the threshold are found directly, block by block in the full space (as the
+         in-process path does for a block whose projected filter passes most pairs), so a
+         clustered dataset never turns into a candidate list of every pair of a cell
       -> driver: the candidate list (small), as {sample_id: its pairs}, broadcast
       -> map_batches + groupby(pair bucket).map_groups: the two full vectors of each candidate
          pair meet and are re-scored in float64; the pairs above the threshold
@@ -30,8 +35,9 @@ from typing import Optional
 import numpy as np
 
 from engine.core.errors import UserError
-from engine.qc.cluster_dedup import (CellModel, assign_cells, cell_candidates, default_cells, fit_cells, project,
-                                     rescore, sample_fraction, sample_mask, spill_radius, _torch_device)
+from engine.qc.cluster_dedup import (CellModel, assign_cells, cell_candidates, cell_pairs, default_cells, fit_cells,
+                                     project, rescore, sample_fraction, sample_mask, spill_radius,
+                                     unselective_cells, _torch_device)
 from engine.qc.filters import _check_threshold, unit_vectors, walk_pairs
 
 ID, EMB = "sample_id", "embedding"
@@ -64,8 +70,9 @@ def sample_rows(batch: dict, fraction: float) -> dict:
     return {ID: ids[keep], EMB: vecs[keep]}
 
 
-def fit_from_blocks(cells: int, cfg_dict: dict, *blocks) -> CellModel:
-    """Ray task body: the sample's blocks (arrow tables), sorted by sample_id, to a CellModel."""
+def fit_from_blocks(cells: int, cfg_dict: dict, threshold: float, *blocks) -> CellModel:
+    """Ray task body: the sample's blocks (arrow tables), sorted by sample_id, to a CellModel with
+    its unselective cells marked."""
     import pyarrow as pa
 
     from engine.core.config import IndexConfig
@@ -77,7 +84,9 @@ def fit_from_blocks(cells: int, cfg_dict: dict, *blocks) -> CellModel:
     col = table.column(EMB).combine_chunks()
     vecs = _arrow_matrix(col, len(ids))
     order = np.argsort(ids, kind="stable")
-    return fit_cells(vecs[order], cells, IndexConfig(**cfg_dict))
+    model = fit_cells(vecs[order], cells, IndexConfig(**cfg_dict))
+    model.full_space = unselective_cells(model, vecs[order], threshold)
+    return model
 
 
 def _arrow_matrix(col, n: int) -> np.ndarray:
@@ -100,11 +109,12 @@ def _resolve(ref):
     return ray.get(ref[0]) if isinstance(ref, list) else ref
 
 
-def assign_rows(batch: dict, model_ref, max_cells: int, radius: float, buckets: int) -> dict:
+def assign_rows(batch: dict, model_ref, max_cells: int, radius: float, buckets: int, full_space: bool = False) -> dict:
     """map_batches: each row to its cells (home, then spilled), one output row per cell (bucket,
-    cell, spilled, sample_id, z): z is the row in the cell space (p of its d floats), all the
-    candidate search needs. Cells are grouped into `buckets` shuffle groups (cell % buckets): one
-    group per cell would pay Ray Data's per-group cost thousands of times."""
+    cell, spilled, sample_id, z). Of the cells the model marks unselective (full_space=True) or
+    of the others (False): z is the row's full vector there, its projection (p of its d floats,
+    all the candidate search needs) here. Cells are grouped into `buckets` shuffle groups
+    (cell % buckets): one group per cell would pay Ray Data's per-group cost thousands of times."""
     ids, vecs = batch_vectors(batch)
     model = _resolve(model_ref)
     z = project(vecs, model.proj)
@@ -112,16 +122,17 @@ def assign_rows(batch: dict, model_ref, max_cells: int, radius: float, buckets: 
     m = cells.shape[1]
     cell = cells.ravel()
     valid = cell >= 0
+    marked = model.full_space if model.full_space is not None else np.zeros(model.cells, bool)
+    valid[valid] = marked[cell[valid]] == full_space
     row = np.repeat(np.arange(len(ids)), m)[valid]
     cell = cell[valid]
     return {"bucket": (cell % buckets).astype(np.int32), "cell": cell, "spilled": np.tile(np.arange(m) > 0, len(ids))[valid],
-            ID: ids[row], "z": z[row]}
+            ID: ids[row], "z": (vecs if full_space else z)[row].reshape(len(row), -1)}
 
 
-def candidates_of_bucket(group: dict, threshold: float) -> dict:
-    """map_groups: the candidate pairs inside each cell of one bucket (cluster_dedup.cell_candidates),
-    as (a, b) with a < b by sample_id. Cells and their members (homes first) are sorted, so block
-    layout never matters."""
+def _cells_of_group(group: dict):
+    """The cells of one shuffle group, each sorted (homes first, then by sample_id), so block
+    layout never matters: yields (ids, z, n_home) per cell."""
     ids = np.asarray(group[ID]).astype(str)
     cell = np.asarray(group["cell"])
     spilled = np.asarray(group["spilled"], bool)
@@ -134,16 +145,37 @@ def candidates_of_bucket(group: dict, threshold: float) -> dict:
         raise UserError(f"near-duplicate removal: sample_id {ids[by_id][int(np.flatnonzero(same)[0])]!r} "
                         "appears more than once")
     bounds = np.flatnonzero(np.diff(cell)) + 1
-    device = _torch_device()
-    a_all, b_all = [], []
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ids)]):
-        a, b = cell_candidates(z[lo:hi], threshold, int((~spilled[lo:hi]).sum()), device=device)
-        a, b = ids[lo:hi][a], ids[lo:hi][b]
-        first = a < b
-        a_all.append(np.where(first, a, b)), b_all.append(np.where(first, b, a))
-    if not a_all:
-        return {"a": np.empty(0, str), "b": np.empty(0, str)}
+        yield ids[lo:hi], z[lo:hi], int((~spilled[lo:hi]).sum())
+
+
+def _ordered(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    first = a < b
+    return np.where(first, a, b), np.where(first, b, a)
+
+
+def candidates_of_bucket(group: dict, threshold: float) -> dict:
+    """map_groups: the candidate pairs inside each cell of one bucket (cluster_dedup.cell_candidates),
+    as (a, b) with a < b by sample_id."""
+    device = _torch_device()
+    a_all, b_all = [np.empty(0, str)], [np.empty(0, str)]
+    for ids, z, n_home in _cells_of_group(group):
+        a, b = cell_candidates(z, threshold, n_home, device=device)
+        a, b = _ordered(ids[a], ids[b])
+        a_all.append(a), b_all.append(b)
     return {"a": np.concatenate(a_all), "b": np.concatenate(b_all)}
+
+
+def pairs_of_bucket(group: dict, threshold: float) -> dict:
+    """map_groups: over the full vectors of the cells of one bucket, the pairs above the threshold
+    (cluster_dedup.cell_pairs, block by block, float64 cosines), as (a, b, sim) with a < b."""
+    device = _torch_device()
+    a_all, b_all, s_all = [np.empty(0, str)], [np.empty(0, str)], [np.empty(0, np.float32)]
+    for ids, x, n_home in _cells_of_group(group):
+        a, b, sim = cell_pairs(x, threshold, n_home, device=device)
+        a, b = _ordered(ids[a], ids[b])
+        a_all.append(a), b_all.append(b), s_all.append(sim)
+    return {"a": np.concatenate(a_all), "b": np.concatenate(b_all), "sim": np.concatenate(s_all)}
 
 
 def candidate_vectors(batch: dict, members_ref, buckets: int) -> dict:
@@ -248,40 +280,55 @@ def _dedup_dataset(ds, threshold: float, cfg, num_gpus: Optional[float], num_par
         sample_rows, fn_kwargs={"fraction": sample_fraction(n, cells, cfg)},
         batch_format="numpy").materialize()
     fit = ray.remote(fit_from_blocks).options(num_cpus=1)
-    model_ref = fit.remote(cells, cfg.model_dump(), *sample.to_arrow_refs())
-    ray.wait([model_ref], fetch_local=False)
+    model_ref = fit.remote(cells, cfg.model_dump(), t, *sample.to_arrow_refs())
+    model = ray.get(model_ref)  # small: (d + cells) x p floats
+    full_cells = int(model.full_space.sum()) if model.full_space is not None else 0
     clock.append(time.perf_counter())
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    # Shuffle groups (buckets of cells) of ~128 MB, at least two per CPU; the partition count
-    # only sets how the shuffle is spread, never which pairs are found.
     cpus = int(ray.cluster_resources().get("CPU", 1))
     dim = np.asarray(ds.take_batch(1, batch_format="numpy")[EMB][0]).size
-    # a row travels once per cell (its home and ~3 spilled ones at the default radius, 3.3 at 200k),
-    # as its p-dimensional projection
     p = dim if cfg.dedup_project_dim <= 0 or cfg.dedup_project_dim >= dim else cfg.dedup_project_dim
-    shuffled = n * min(cfg.dedup_cells_per_vector, cells, 5) * (4 * p + 64)
-    buckets = max(1, min(cells, max(2 * cpus, int(np.ceil(shuffled / 128e6)))))
-    partitions = num_partitions or buckets
-    assigned = ds.select_columns([ID, EMB]).map_batches(
-        assign_rows, fn_kwargs={"model_ref": [model_ref], "max_cells": cfg.dedup_cells_per_vector,
-                                "radius": spill_radius(t, cfg), "buckets": buckets},
-        batch_format="numpy")
-    found = assigned.groupby("bucket", num_partitions=partitions).map_groups(
-        candidates_of_bucket, fn_kwargs={"threshold": t}, batch_format="numpy", num_gpus=num_gpus)
-    cand = set()
-    for batch in found.iter_batches(batch_size=65536, batch_format="numpy"):
-        cand.update(zip(np.asarray(batch["a"]).astype(str).tolist(), np.asarray(batch["b"]).astype(str).tolist()))
-    cand = sorted(cand)  # a pair found in two cells is re-scored once
+    spills = min(cfg.dedup_cells_per_vector, cells, 5)  # cells per row (home + ~3 spilled at 200k)
+
+    def grouped(full_space: bool, share: float, width: int, fn, **fn_kwargs):
+        """Rows of the marked (or other) cells, `width` floats each, grouped in buckets of cells:
+        shuffle groups of ~128 MB, at least two per CPU; the partition count only sets how the
+        shuffle is spread, never which pairs are found."""
+        shuffled = share * n * spills * (4 * width + 64)
+        buckets = max(1, min(cells, max(2 * cpus, int(np.ceil(shuffled / 128e6)))))
+        rows = ds.select_columns([ID, EMB]).map_batches(
+            assign_rows, fn_kwargs={"model_ref": [model_ref], "max_cells": cfg.dedup_cells_per_vector,
+                                    "radius": spill_radius(t, cfg), "buckets": buckets, "full_space": full_space},
+            batch_format="numpy")
+        return buckets, rows.groupby("bucket", num_partitions=num_partitions or buckets).map_groups(
+            fn, fn_kwargs={"threshold": t, **fn_kwargs}, batch_format="numpy", num_gpus=num_gpus)
+
+    buckets, cand, direct = 0, set(), {}
+    if full_cells < cells:
+        buckets, found = grouped(False, 1 - full_cells / cells, p, candidates_of_bucket)
+        for batch in found.iter_batches(batch_size=65536, batch_format="numpy"):
+            cand.update(zip(np.asarray(batch["a"]).astype(str).tolist(), np.asarray(batch["b"]).astype(str).tolist()))
+    if full_cells:
+        _, found = grouped(True, full_cells / cells, dim, pairs_of_bucket)
+        for batch in found.iter_batches(batch_size=65536, batch_format="numpy"):
+            direct.update(zip(zip(np.asarray(batch["a"]).astype(str).tolist(), np.asarray(batch["b"]).astype(str).tolist()),
+                              np.asarray(batch["sim"], np.float32).tolist()))
+    cand = sorted(cand - set(direct))  # a pair found in two cells is re-scored once
     clock.append(time.perf_counter())
     a, b, s = _verify(ds, cand, t, cpus, dim, num_partitions)
     clock.append(time.perf_counter())
+    if direct:  # disjoint from the verified candidates; the same float64 cosine whichever cell found a pair
+        a = np.concatenate([a, np.array([x for x, _ in direct], dtype=str)])
+        b = np.concatenate([b, np.array([y for _, y in direct], dtype=str)])
+        s = np.concatenate([s, np.array(list(direct.values()), np.float32)])
     dups = walk_pairs(a, b, s)
     table = ds.select_columns([ID]).map_batches(mark_rows, fn_kwargs={"dups_ref": [ray.put(dups)]},
                                                 batch_format="numpy")
     return DistributedDedup(table, dups, n, len(a), cells,
                             {"fit_s": clock[1] - clock[0], "candidates_s": clock[2] - clock[1],
-                             "verify_s": clock[3] - clock[2], "buckets": buckets, "candidates": len(cand)})
+                             "verify_s": clock[3] - clock[2], "buckets": buckets, "candidates": len(cand),
+                             "full_space_cells": full_cells, "direct_pairs": len(direct)})
 
 
 def _verify(ds, cand: list, threshold: float, cpus: int, dim: int, num_partitions: Optional[int]):
