@@ -16,6 +16,8 @@ Methods, each in its own process so that peak RSS (ru_maxrss) is per method:
   distributed  engine/qc/dedup_distributed.dedup_dataset over read_parquet on a two-node local
                Ray cluster (ray start --head + ray start --address on 127.0.0.1, 1 CPU each);
                peak RSS is the driver's
+  cli          `syncxr dedup --method cluster` on the parquet parts, as a user runs it; peak
+               RSS is the command's
   exact-sample (when exact is too slow) flat search of a deterministic sample of query rows
                against all rows: recall of the pairs that touch a sampled row
   ivf, hnsw    the older approximate-index search (qc.index.dedup_method: index), on request
@@ -201,6 +203,8 @@ def worker(data_path: str, method: str, out_dir: str, extra: str) -> None:
         i, j, s = cluster_pairs(x, sample_ids(n), THRESHOLD, cfg, stats=info)
     elif method == "distributed":
         i, j, s = distributed_pairs(extra, cfg, info)
+    elif method == "cli":
+        i, j, s = cli_pairs(extra, info)
     elif method == "exact-sample":
         i, j, s = sampled_exact(x, int(extra), info)
     else:
@@ -213,7 +217,7 @@ def worker(data_path: str, method: str, out_dir: str, extra: str) -> None:
     t1 = time.perf_counter()
     keep = greedy_keep(n, i, j, s)[0] if method != "exact-sample" else np.ones(n, bool)
     ru = resource.getrusage(resource.RUSAGE_SELF)  # CPU seconds: fairer than wall on a shared machine
-    info.update(total_s=time.perf_counter() - t0, search_s=t1 - t0, rss_peak_mb=rss_mb(),
+    info.update(total_s=time.perf_counter() - t0, search_s=t1 - t0, rss_peak_mb=info.get("cli_rss_peak_mb", rss_mb()),
                 cpu_s=ru.ru_utime + ru.ru_stime)
     info.setdefault("pairs", int(len(i)))
     np.savez(Path(out_dir) / f"{method}.npz", i=i, j=j, keep=keep)
@@ -272,6 +276,24 @@ def distributed_pairs(spec: str, cfg, info: dict):
     i = np.array([int(v[0]) for v in dups.values()], np.int64)
     s = np.array([v[1] for v in dups.values()], np.float32)
     return i, j, s  # (kept match, duplicate): greedy_keep over these reproduces the walk's result
+
+
+def cli_pairs(parquet: str, info: dict):
+    """`syncxr dedup` on the parquet parts, as a user runs it (in-process path, --method cluster);
+    its peak RSS is the child's. Pairs as (kept match, duplicate) positions, as distributed_pairs."""
+    import pyarrow.parquet as pq
+
+    out = Path(os.environ["BENCH_OUT"]) / "cli"
+    subprocess.run([sys.executable, "-m", "engine.cli", "dedup", "--embeddings", parquet, "--threshold", str(THRESHOLD),
+                    "--method", "cluster", "--out", str(out)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    info["cli_rss_peak_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    t = pq.read_table(out / "dedup", columns=["sample_id", "kept", "duplicate_of", "similarity"]).to_pydict()
+    dup = [k for k, kept in enumerate(t["kept"]) if not kept]
+    i = np.array([int(t["duplicate_of"][k]) for k in dup], np.int64)
+    j = np.array([int(t["sample_id"][k]) for k in dup], np.int64)
+    s = np.array([t["similarity"][k] for k in dup], np.float32)
+    info["pairs"] = json.loads((out / "summary.json").read_text()).get("pairs", len(dup))
+    return i, j, s
 
 
 def run_method(data_path: Path, method: str, out_dir: Path, extra: str = "") -> dict:
@@ -340,11 +362,11 @@ def compare(n: int, out: Path, methods: list[str], labels, res: dict, shape: str
         got = np.load(out / f"{m}.npz")
         keep = got["keep"]
         recall = precision = agree = same_planted = speed = "n/a"
-        if truth is not None and m != "distributed":
+        if truth is not None and m not in ("distributed", "cli"):
             g_pairs = pair_set(got, n)
             recall = f"{len(t_pairs & g_pairs) / max(len(t_pairs), 1):.5f}"
             precision = f"{len(t_pairs & g_pairs) / max(len(g_pairs), 1):.5f}"
-        elif "exact-sample" in res and m != "distributed":
+        elif "exact-sample" in res and m not in ("distributed", "cli"):
             # pairs touching a sampled row: those exact finds vs those this method found
             is_q = np.zeros(n, bool)
             is_q[sample_rows] = True
@@ -369,11 +391,13 @@ def compare(n: int, out: Path, methods: list[str], labels, res: dict, shape: str
                 extra += (f", fit {r['fit_s']:.1f} s, assign {r['assign_s']:.1f} s, pairs {r['pairs_s']:.1f} s, "
                           f"{r['spilled_per_vector']:.2f} spilled cells per vector, "
                           f"largest cell {r['largest_cell']:,} ({r['largest_home']:,} at home), "
-                          f"{r['compared'] / 1e6:.0f}M pairs compared, {r.get('full_space_blocks', 0):,} of "
-                          f"{r.get('blocks', 0):,} blocks in the full space"
+                          f"{r['compared'] / 1e6:.0f}M pairs compared, {r.get('full_space_cells', 0):,} cells "
+                          f"marked for the full space, {r.get('full_space_blocks', 0):,} of "
+                          f"{r.get('blocks', 0):,} other blocks found unselective"
                           + (", exact fallback" if r.get("exact_fallback") else ""))
             else:
-                extra += (f", {r.get('nodes')} nodes, {r.get('candidates', 0):,} candidate pairs, fit "
+                extra += (f", {r.get('nodes')} nodes, {r.get('full_space_cells', 0):,} cells in the full space "
+                          f"({r.get('direct_pairs', 0):,} pairs found there), {r.get('candidates', 0):,} candidate pairs, fit "
                           f"{r.get('fit_s', 0):.1f} s, candidates {r.get('candidates_s', 0):.1f} s, "
                           f"verify {r.get('verify_s', 0):.1f} s")
         rows.append(f"| {shape} | {n:,} | {m} | {r['total_s']:.1f} | {speed} | {r['rss_peak_mb']:.0f} | {r['pairs']:,} | {recall} | "
@@ -426,7 +450,7 @@ def main(argv=None) -> int:
     for shape, n in ((shape, n) for shape in shapes for n in sizes):
         with tempfile.TemporaryDirectory(prefix="bench-dedup-", dir="/tmp") as tmp:
             data_path = Path(tmp) / f"x{n}.npy"
-            parquet = Path(tmp) / "parquet" if "distributed" in methods else ""
+            parquet = Path(tmp) / "parquet" if {"distributed", "cli"} & set(methods) else ""
             t0 = time.perf_counter()
             # generated in a child: ru_maxrss survives fork/exec, so a parent that once held the
             # data would leak its peak into every method's figure
@@ -442,6 +466,8 @@ def main(argv=None) -> int:
                 if m == "distributed":
                     with LocalCluster() as cluster:
                         res[m] = run_method(data_path, m, out, f"{cluster.address}|{parquet}")
+                elif m == "cli":
+                    res[m] = run_method(data_path, m, out, str(parquet))
                 else:
                     res[m] = run_method(data_path, m, out, str(args.sample_queries))
                 print(f"  {res[m]['total_s']:.1f} s, peak RSS {res[m]['rss_peak_mb']:.0f} MB", flush=True)

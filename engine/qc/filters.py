@@ -46,11 +46,17 @@ def _row_name(i: int, ids: Optional[Sequence]) -> str:
     return f"row {i} (sample_id {ids[i]!r})" if ids is not None else f"row {i}"
 
 
-def unit_vectors(x, what: str, dim: Optional[int] = None, ids: Optional[Sequence] = None) -> np.ndarray:
+UNIT_CHUNK = 65536  # rows validated and normalised at a time: temporaries stay a few MB whatever n
+
+
+def unit_vectors(x, what: str, dim: Optional[int] = None, ids: Optional[Sequence] = None,
+                 out: Optional[np.ndarray] = None, rows: Optional[np.ndarray] = None) -> np.ndarray:
     """Validate an (n, d) embedding matrix and return it L2-normalised float32.
 
     Zero and non-finite rows are errors, not silently dropped: a zero vector has no direction,
-    so its cosine to anything is undefined."""
+    so its cosine to anything is undefined. Works chunk by chunk into `out` (a new array by
+    default; x itself to normalise in place); `rows` takes x's rows in that order (a gather done
+    chunk by chunk, so the result is the only copy)."""
     arr = np.asarray(x)
     if arr.dtype == object:
         raise UserError(f"{what}: embeddings have ragged rows (different lengths)")
@@ -61,19 +67,26 @@ def unit_vectors(x, what: str, dim: Optional[int] = None, ids: Optional[Sequence
     if dim is not None and arr.shape[1] != dim:
         raise UserError(f"{what}: embedding dimension {arr.shape[1]} does not match the expected {dim} "
                         "(embedded with a different model?)")
-    arr = arr.astype(np.float32, copy=False)
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
-        raise UserError(f"{what}: {_row_name(i, ids)} contains NaN or infinite values "
-                        f"({int((~finite).sum())} such rows)")
-    norms = np.linalg.norm(arr, axis=1)
-    zero = norms < 1e-12
-    if zero.any():
-        i = int(np.flatnonzero(zero)[0])
-        raise UserError(f"{what}: {_row_name(i, ids)} is a zero vector (cosine undefined; "
-                        f"{int(zero.sum())} such rows)")
-    return np.ascontiguousarray(arr / norms[:, None], dtype=np.float32)
+    n = len(arr) if rows is None else len(rows)
+    if out is None:
+        out = np.empty((n, arr.shape[1]), np.float32)
+    for c0 in range(0, n, UNIT_CHUNK):
+        src = np.arange(c0, min(c0 + UNIT_CHUNK, n)) if rows is None else rows[c0:c0 + UNIT_CHUNK]
+        chunk = np.asarray(arr[src] if rows is not None else arr[c0:c0 + len(src)], dtype=np.float32)
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():
+            bad = ~np.isfinite(np.asarray(arr, dtype=np.float32)).all(axis=1)
+            i = int(np.flatnonzero(bad)[0])
+            raise UserError(f"{what}: {_row_name(i, ids)} contains NaN or infinite values "
+                            f"({int(bad.sum())} such rows)")
+        norms = np.linalg.norm(chunk, axis=1)
+        if (norms < 1e-12).any():
+            zero = np.linalg.norm(np.asarray(arr, dtype=np.float32), axis=1) < 1e-12
+            i = int(np.flatnonzero(zero)[0])
+            raise UserError(f"{what}: {_row_name(i, ids)} is a zero vector (cosine undefined; "
+                            f"{int(zero.sum())} such rows)")
+        out[c0:c0 + len(src)] = chunk / norms[:, None]
+    return out
 
 
 def _check_threshold(threshold: float, what: str) -> float:
@@ -195,9 +208,10 @@ def walk_pairs(a: Sequence, b: Sequence, sim) -> dict:
 
 
 def near_duplicates(embeddings, sample_ids: Sequence, threshold: float, index_cfg,
-                    kind: Optional[str] = None) -> DedupResult:
+                    kind: Optional[str] = None, in_place: bool = False) -> DedupResult:
     """Global near-duplicate removal in sample_id order (see the module docstring). `kind`
-    (flat, ivf, hnsw, cluster) overrides the size rule."""
+    (flat, ivf, hnsw, cluster) overrides the size rule. in_place: the caller's float32 matrix may
+    be normalised where it is (a caller that owns it saves a copy of the input)."""
     t = _check_threshold(threshold, "near-duplicate removal")
     arr = np.asarray(embeddings)
     if len(sample_ids) != len(arr):
@@ -205,7 +219,11 @@ def near_duplicates(embeddings, sample_ids: Sequence, threshold: float, index_cf
     if len(arr) == 0:
         return DedupResult(np.zeros(0, bool), [], np.zeros(0, np.float32), 0)
     order = _sorted_order(sample_ids)
-    unit = unit_vectors(arr, "near-duplicate removal", ids=sample_ids)[order]
+    identity = bool((order == np.arange(len(order))).all())
+    # one normalised copy in sample_id order (or none: in_place, already in order, float32)
+    in_place = in_place and identity and arr.dtype == np.float32 and arr.flags.writeable and arr.flags.c_contiguous
+    unit = unit_vectors(arr, "near-duplicate removal", ids=sample_ids, out=arr if in_place else None,
+                        rows=None if identity else order)
     method = dedup_method(len(unit), index_cfg, kind)
     if method == "cluster":
         from engine.qc.cluster_dedup import cluster_pairs

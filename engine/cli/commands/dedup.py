@@ -2,6 +2,7 @@
 dataset or an old run, with the rule and walk of the synth run's global QC."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -39,35 +40,55 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def read_embeddings(path: Path, column: str = "embedding") -> tuple[list[str], np.ndarray]:
-    """sample_ids and an (n, d) float32 matrix from parquet; errors name the file, column, row."""
+def read_embeddings(path: Path, column: str = "embedding") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(sample_ids in file order, an (n, d) float32 matrix whose rows are in sample_id order, the
+    sample_id-order position of each file row) from parquet, read batch by batch into the matrix:
+    memory is the matrix plus one batch. Errors name the file, column and row."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.dataset as pads
 
     try:
-        table = pq.read_table(path, columns=None)
+        data = pads.dataset(str(path), format="parquet")
+        check_columns(path, data.schema.names, column)
+        fragments = list(data.get_fragments())
+        ids = [None if s is None else str(s) for f in fragments
+               for s in f.to_table(columns=["sample_id"]).column("sample_id").to_pylist()]
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
-    check_columns(path, table.column_names, column)
-    if table.num_rows == 0:
+    if not ids:
         raise UserError(f"{path}: no rows: nothing to deduplicate")
-    ids = [None if s is None else str(s) for s in table.column("sample_id").to_pylist()]
     if None in ids:
         raise UserError(f"{path}: row {ids.index(None)} has a null sample_id")
-    emb = table.column(column).combine_chunks()
-    if not (pa.types.is_list(emb.type) or pa.types.is_fixed_size_list(emb.type) or pa.types.is_large_list(emb.type)):
-        raise UserError(f"{path}: column `{column}` must be a list of floats, got {emb.type}")
-    if emb.null_count:
-        row = emb.is_null().to_pylist().index(True)
-        raise UserError(f"{path}: row {row} (sample_id {ids[row]!r}) has a null {column}")
-    if not pa.types.is_fixed_size_list(emb.type):
-        lengths = np.diff(np.asarray(emb.offsets))
-        if len(lengths) and (lengths != lengths[0]).any():
-            row = int(np.flatnonzero(lengths != lengths[0])[0])
-            raise UserError(f"{path}: row {row} (sample_id {ids[row]!r}) has {lengths[row]} values, "
-                            f"row 0 has {lengths[0]}")
-    values = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    return ids, values.reshape(len(ids), -1)
+    kind = data.schema.field(column).type
+    if not (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)):
+        raise UserError(f"{path}: column `{column}` must be a list of floats, got {kind}")
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    twice = np.flatnonzero(np.asarray(ids, dtype=object)[order[1:]] == np.asarray(ids, dtype=object)[order[:-1]])
+    if len(twice):
+        a, b = sorted((int(order[twice[0]]), int(order[twice[0] + 1])))
+        raise UserError(f"{path}: sample_id {ids[a]!r} appears more than once (rows {a} and {b})")
+    rank = np.empty(len(ids), np.int64)
+    rank[order] = np.arange(len(ids))
+    matrix, row, width = None, 0, None
+    for fragment in fragments:  # fragment by fragment, in the order the ids were read
+        for batch in fragment.to_batches(columns=[column], batch_size=65536, use_threads=False):
+            emb = batch.column(0)
+            if emb.null_count:
+                bad = row + emb.is_null().to_pylist().index(True)
+                raise UserError(f"{path}: row {bad} (sample_id {ids[bad]!r}) has a null {column}")
+            lengths = np.diff(np.asarray(emb.offsets)) if not pa.types.is_fixed_size_list(emb.type) else \
+                np.full(len(emb), emb.type.list_size)
+            width = int(lengths[0]) if width is None and len(lengths) else width
+            if len(lengths) and (lengths != width).any():
+                bad = row + int(np.flatnonzero(lengths != width)[0])
+                raise UserError(f"{path}: row {bad} (sample_id {ids[bad]!r}) has {lengths[bad - row]} values, "
+                                f"row 0 has {width}")
+            if matrix is None:
+                matrix = np.empty((len(ids), width), np.float32)
+            values = emb.flatten().to_numpy(zero_copy_only=False).reshape(len(emb), width)
+            matrix[rank[row:row + len(emb)]] = values
+            row += len(emb)
+    return ids, matrix, rank
 
 
 def check_columns(path: Path, names: list[str], column: str) -> None:
@@ -82,12 +103,22 @@ def dedup_local(path: Path, threshold: float, index_cfg, method: str, column: st
 
     from engine.qc.filters import dedup_method, near_duplicates
 
-    ids, emb = read_embeddings(path, column)
+    ids, emb, rank = read_embeddings(path, column)
     kind = None if method == "auto" else method
-    res = near_duplicates(emb, ids, threshold, index_cfg, kind=kind)
-    table = pa.table({"sample_id": pa.array(ids, pa.string()), "kept": pa.array(res.keep, pa.bool_()),
-                      "duplicate_of": pa.array(res.duplicate_of, pa.string()),
-                      "similarity": pa.array(res.similarity, pa.float32())})
+    in_order = [None] * len(ids)
+    for k, r in enumerate(rank.tolist()):
+        in_order[r] = ids[k]
+    # the matrix is ours: normalised where it is, so the input is held once
+    try:
+        res = near_duplicates(emb, in_order, threshold, index_cfg, kind=kind, in_place=True)
+    except UserError as exc:  # rows are counted in sample_id order there: name the file's row
+        file_row = {sid: k for k, sid in enumerate(ids)}
+        raise UserError(re.sub(r"row \d+ \(sample_id '([^']*)'\)",
+                               lambda m: f"row {file_row.get(m.group(1), '?')} (sample_id '{m.group(1)}')",
+                               str(exc))) from None
+    table = pa.table({"sample_id": pa.array(ids, pa.string()), "kept": pa.array(res.keep[rank], pa.bool_()),
+                      "duplicate_of": pa.array([res.duplicate_of[r] for r in rank.tolist()], pa.string()),
+                      "similarity": pa.array(res.similarity[rank], pa.float32())})
     return table, {"rows": len(ids), "kept": int(res.keep.sum()), "pairs": int(res.pairs),
                    "method": dedup_method(len(ids), index_cfg, kind)}
 
