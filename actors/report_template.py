@@ -8,8 +8,8 @@ with seeded choices among report-style phrasings. No weights; deterministic per 
   pneumothorax or pleural effusion."), a few in the words reports use ("The heart size is
   normal." when the heart is among the anatomy);
 - diagnoses (DISEASE / NON-DISEASE) and the main present findings go to IMPRESSION.
-Each sentence names its entities as the plan wrote them, sometimes with a descriptor the corpus
-uses for that finding ("Small pleural effusion is seen."; engine/text/descriptors.py), and adds no
+Each sentence names its entities as the plan wrote them (with `options.descriptors`, sometimes with
+a descriptor the corpus uses for that finding: "Small pleural effusion is seen."), and adds no
 other clinical word, so the plan's own extractor reads back the sampled set (report QC measures it)."""
 from __future__ import annotations
 
@@ -349,8 +349,9 @@ class TemplateOptions(BaseModel):
     max_absent_list: int = 3  # absent findings listed in one sentence at most
     statement_rate: float = 0.7  # how often a natural statement replaces "No cardiomegaly." etc.
     # how the corpus qualifies findings ("small", "patchy"; engine.text.descriptors): "packaged"
-    # (mined from IU X-ray), a table's path, or null for the bare entity names
-    descriptors: Optional[str] = "packaged"
+    # (mined from IU X-ray), a table's path, or null (default) for the bare entity names; off by
+    # default until it measures better in `make demo` (docs/training.md)
+    descriptors: Optional[str] = None
 
 
 def anatomy_regions(lexicon_path: Optional[str] = None) -> dict[str, str]:
