@@ -43,9 +43,11 @@ def register(sub) -> None:
 def read_embeddings(path: Path, column: str = "embedding") -> tuple[list[str], np.ndarray, np.ndarray]:
     """(sample_ids in file order, an (n, d) float32 matrix whose rows are in sample_id order, the
     sample_id-order position of each file row) from parquet, read batch by batch into the matrix:
-    memory is the matrix plus one batch. Errors name the file, column and row."""
+    memory is the matrix plus one row group of the column being decoded (Parquet's unit of
+    reading). Errors name the file, column and row."""
     import pyarrow as pa
     import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
 
     try:
         data = pads.dataset(str(path), format="parquet")
@@ -70,8 +72,9 @@ def read_embeddings(path: Path, column: str = "embedding") -> tuple[list[str], n
     rank = np.empty(len(ids), np.int64)
     rank[order] = np.arange(len(ids))
     matrix, row, width = None, 0, None
-    for fragment in fragments:  # fragment by fragment, in the order the ids were read
-        for batch in fragment.to_batches(columns=[column], batch_size=65536, use_threads=False):
+    for fragment in fragments:  # file by file, in the order the ids were read
+        # small batches of one row group at a time (a dataset scanner would read ahead many)
+        for batch in pq.ParquetFile(fragment.path).iter_batches(batch_size=8192, columns=[column]):
             emb = batch.column(0)
             if emb.null_count:
                 bad = row + emb.is_null().to_pylist().index(True)
