@@ -479,7 +479,9 @@ def main(argv=None) -> int:
     head = ["# near-duplicate removal: cluster-then-compare vs exact", "",
             f"dim {DIM}, threshold {THRESHOLD}. Shapes: cone, a narrow cone (pairwise cosine ~0.72-0.86); "
             "clustered, 50 centres (cosine ~0.7 between rows of two centres) with isotropic noise (~0.85 inside "
-            "one); powerlaw, variance ~ k^-1 over all directions, no axis. Each: 2% of rows in "
+            "one); powerlaw, variance ~ k^-1 over all directions, no axis; engine, the image embeddings of "
+            "engine images by a model trained with `syncxr train` (`syncxr embed`; 512-d, zero-padded), each row "
+            "one of them moved to cosine 0.90-0.95 from it. Each: 2% of rows in "
             "planted groups of 2-5 (cosine 0.985-0.998 to the group's first row), 1% decoys at 0.95-0.966 to a "
             f"partner. faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, GPUs seen: "
             f"{getattr(faiss, 'get_num_gpus', lambda: 0)()}; a 2-core machine shared with other jobs (load "
@@ -489,7 +491,9 @@ def main(argv=None) -> int:
             f"{'the full space' if not d.dedup_project_dim else f'in a {d.dedup_project_dim}-d principal projection'}; "
             f"a home cell per vector plus the cells whose bisector with it is within {d.dedup_spill_radius} x the "
             f"threshold's chord distance, at most {d.dedup_cells_per_vector} in all; homes compared with homes and "
-            "spilled rows, candidates filtered in the projection and re-scored in the full space). distributed: "
+            "spilled rows, candidates filtered in the projection and re-scored in the full space; cells whose "
+            "training-sample pairs pass that filter more than 2% of the time compared in the full space). "
+            "cli: `syncxr dedup --method cluster` on the same rows as parquet, its own peak RSS. distributed: "
             "the same steps on Ray Data, two local nodes "
             "of 1 CPU each; its peak RSS is the driver's. Exact at 2M would take hours: recall there is "
             "measured on the pairs touching a deterministic sample of rows (exact-sample).", ""]
