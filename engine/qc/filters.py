@@ -71,8 +71,8 @@ def unit_vectors(x, what: str, dim: Optional[int] = None, ids: Optional[Sequence
     if out is None:
         out = np.empty((n, arr.shape[1]), np.float32)
     for c0 in range(0, n, UNIT_CHUNK):
-        src = np.arange(c0, min(c0 + UNIT_CHUNK, n)) if rows is None else rows[c0:c0 + UNIT_CHUNK]
-        chunk = np.asarray(arr[src] if rows is not None else arr[c0:c0 + len(src)], dtype=np.float32)
+        c1 = min(c0 + UNIT_CHUNK, n)
+        chunk = np.asarray(arr[c0:c1] if rows is None else arr[rows[c0:c1]], dtype=np.float32)
         finite = np.isfinite(chunk).all(axis=1)
         if not finite.all():
             bad = ~np.isfinite(np.asarray(arr, dtype=np.float32)).all(axis=1)
@@ -85,7 +85,7 @@ def unit_vectors(x, what: str, dim: Optional[int] = None, ids: Optional[Sequence
             i = int(np.flatnonzero(zero)[0])
             raise UserError(f"{what}: {_row_name(i, ids)} is a zero vector (cosine undefined; "
                             f"{int(zero.sum())} such rows)")
-        out[c0:c0 + len(src)] = chunk / norms[:, None]
+        out[c0:c1] = chunk / norms[:, None]
     return out
 
 

@@ -64,8 +64,9 @@ def read_embeddings(path: Path, column: str = "embedding") -> tuple[list[str], n
     kind = data.schema.field(column).type
     if not (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)):
         raise UserError(f"{path}: column `{column}` must be a list of floats, got {kind}")
-    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
-    twice = np.flatnonzero(np.asarray(ids, dtype=object)[order[1:]] == np.asarray(ids, dtype=object)[order[:-1]])
+    names = np.asarray(ids, dtype=object)
+    order = np.argsort(names, kind="stable")
+    twice = np.flatnonzero(names[order[1:]] == names[order[:-1]])
     if len(twice):
         a, b = sorted((int(order[twice[0]]), int(order[twice[0] + 1])))
         raise UserError(f"{path}: sample_id {ids[a]!r} appears more than once (rows {a} and {b})")
@@ -108,9 +109,7 @@ def dedup_local(path: Path, threshold: float, index_cfg, method: str, column: st
 
     ids, emb, rank = read_embeddings(path, column)
     kind = None if method == "auto" else method
-    in_order = [None] * len(ids)
-    for k, r in enumerate(rank.tolist()):
-        in_order[r] = ids[k]
+    in_order = [ids[k] for k in np.argsort(rank)]  # the matrix's rows: sample_id order
     # the matrix is ours: normalised where it is, so the input is held once
     try:
         res = near_duplicates(emb, in_order, threshold, index_cfg, kind=kind, in_place=True)
