@@ -12,14 +12,13 @@ from typing import Optional
 
 from engine.core.errors import UserError
 from engine.core.ownership import claim, input_digest, value_digest
-from eval.datasets import build_dataset, check_task
+from eval.datasets import TASKS, build_dataset, check_task
 from eval.datasets.base import EvalSet
 from eval.loading import load_rows, row_class
 from train.models import load_model, model_dir
 from train.models.base import WEIGHTS_FILE
 from train.models.frame import to_input
 
-TASKS = ("zero-shot", "grounding", "linear-probe", "segmentation")
 
 
 def load_checkpoint(checkpoint, expect_model: Optional[str] = None):

@@ -5,8 +5,7 @@ from engine.core.arg_types import nonneg_int, positive_int
 
 
 def register(sub) -> None:
-    from eval.datasets import DATASETS
-    from eval.evaluate import TASKS
+    from eval.datasets import DATASETS, TASKS
 
     p = sub.add_parser(
         "eval", help="evaluate checkpoints: zero-shot, grounding, linear probe or segmentation",

@@ -1,10 +1,14 @@
 """Evaluation datasets by name: `build_dataset(name, n=None, seed=0, **options) -> EvalSet`."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from engine.core.errors import UserError
-from eval.datasets.base import EvalSet
+
+if TYPE_CHECKING:  # the registry is read by every `syncxr` start: no pandas or torch here
+    from eval.datasets.base import EvalSet
+
+TASKS = ("zero-shot", "grounding", "linear-probe", "segmentation")
 
 # name -> (module, builder, tasks it supports, one line for --help)
 DATASETS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
@@ -25,7 +29,7 @@ DATASETS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
 }
 
 
-def builder(name: str) -> Callable[..., EvalSet]:
+def builder(name: str) -> Callable[..., "EvalSet"]:
     import importlib
 
     if name not in DATASETS:
@@ -34,7 +38,7 @@ def builder(name: str) -> Callable[..., EvalSet]:
     return getattr(importlib.import_module(module), attr)
 
 
-def build_dataset(name: str, n: int | None = None, seed: int = 0, **options) -> EvalSet:
+def build_dataset(name: str, n: int | None = None, seed: int = 0, **options) -> "EvalSet":
     """options: phantom sets take size=."""
     return builder(name)(n=n, seed=seed, **options)
 

@@ -40,11 +40,14 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+READ_BUFFER = 1 << 20  # bytes of a column chunk read at a time
+
+
 def read_embeddings(path: Path, column: str = "embedding") -> tuple[list[str], np.ndarray, np.ndarray]:
     """(sample_ids in file order, an (n, d) float32 matrix whose rows are in sample_id order, the
     sample_id-order position of each file row) from parquet, read batch by batch into the matrix:
-    memory is the matrix plus one row group of the column being decoded (Parquet's unit of
-    reading). Errors name the file, column and row."""
+    memory is the matrix plus a read buffer and one batch, whatever the file's row groups.
+    Errors name the file, column and row."""
     import pyarrow as pa
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
@@ -74,8 +77,11 @@ def read_embeddings(path: Path, column: str = "embedding") -> tuple[list[str], n
     rank[order] = np.arange(len(ids))
     matrix, row, width = None, 0, None
     for fragment in fragments:  # file by file, in the order the ids were read
-        # small batches of one row group at a time (a dataset scanner would read ahead many)
-        for batch in pq.ParquetFile(fragment.path).iter_batches(batch_size=8192, columns=[column]):
+        # small batches, the column chunk streamed through a small buffer: pre-buffering (the
+        # default) holds a whole row group's column, which a file written as one group makes the
+        # size of the input again (a dataset scanner reads many batches ahead as well)
+        reader = pq.ParquetFile(fragment.path, buffer_size=READ_BUFFER, pre_buffer=False)
+        for batch in reader.iter_batches(batch_size=8192, columns=[column]):
             emb = batch.column(0)
             if emb.null_count:
                 bad = row + emb.is_null().to_pylist().index(True)
