@@ -126,3 +126,53 @@ def test_drawable_only_keeps_the_present_findings_the_image_backend_draws():
     assert len(diffusion.clinical) == 5  # a text-to-image model draws any text
     with pytest.raises(ConfigError, match="drawable_only"):
         load_config(None, {"plan": {"mode": "corpus", "drawable_only": True}})
+
+
+# ---------------------------------------------------------------- frequency weighting under the cap
+
+def test_capped_shares_water_fill_and_round_by_largest_remainder():
+    from engine.plan.sampler import capped_shares
+
+    # 20 slots, cap 8: the head takes the cap, its excess goes to the next one (capped too), the
+    # last 4 slots split evenly between the two equal tails
+    assert capped_shares(20, [100, 10, 1, 1], 8).tolist() == [8, 8, 2, 2]
+    # a cap that does not bind: plain proportions, the fractions rounded by largest remainder
+    assert capped_shares(10, [5, 3, 2], 100).tolist() == [5, 3, 2]
+    assert capped_shares(7, [1, 1, 1], 100).tolist() == [3, 2, 2]  # ties to the earlier entity
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        w = rng.pareto(1.0, size=40) + 1e-3
+        n = int(rng.integers(40, 400))
+        cap = int(np.ceil(n / 40 * rng.uniform(1.0, 5.0)))
+        got = capped_shares(n, w, cap)
+        assert got.sum() == n and got.max() <= cap and got.min() >= 0
+        # never a heavier entity with fewer slots than a lighter one, beyond rounding
+        order = np.argsort(-w, kind="stable")
+        assert all(a >= b - 1 for a, b in zip(got[order], got[order][1:]))
+
+
+def test_frequency_weighting_lets_the_cap_set_the_balance(vocab):
+    def clinical(plan):
+        stats = plan_stats(plan, vocab, PAIRS)
+        return stats["clinical"], stats["tau_max"]["clinical"]
+
+    n = 2000
+    even, _ = clinical(build_plan(vocab, n, k=4, m=2, seed=0, exclusive_pairs=PAIRS))
+    capped, cap = clinical(build_plan(vocab, n, k=4, m=2, seed=0, exclusive_pairs=PAIRS, tau_factor=2.0,
+                                      weighting="frequency"))
+    uncapped, _ = clinical(build_plan(vocab, n, k=4, m=2, seed=0, exclusive_pairs=PAIRS, tau_factor=1000.0,
+                                      weighting="frequency"))
+    assert even["plan"]["max_min_ratio"] <= 1.5
+    assert capped["plan"]["max"] <= cap < uncapped["plan"]["max"]
+    # no cap: the plan's head is the corpus's head; the cap flattens it
+    assert uncapped["plan"]["max_min_ratio"] > capped["plan"]["max_min_ratio"] > even["plan"]["max_min_ratio"]
+    plan = build_plan(vocab, n, k=4, m=2, seed=0, exclusive_pairs=PAIRS, tau_factor=1000.0, weighting="frequency")
+    assert all(not contradictions(ents, PAIRS) for ents in plan.column("entities").to_pylist())
+    counts = {}
+    for ents in plan.column("entities").to_pylist():
+        for e in ents:
+            counts[(e["text"], e["type"])] = counts.get((e["text"], e["type"]), 0) + 1
+    head = max(vocab.clinical, key=lambda key: vocab.corpus_counts[key])
+    assert counts[head] == max(counts[key] for key in vocab.clinical)
+    with pytest.raises(UserError, match="plan.weighting 'corpus'"):
+        build_plan(vocab, 10, k=2, m=1, weighting="corpus")

@@ -72,6 +72,12 @@ class SearchSection(Section):
                              "[1.0]")
         return self
 
+    def setting_keys(self) -> list[str]:
+        """The engine settings that name a setting: those given more than one value (a single
+        value is shared by every trial, as `plan.weighting: [frequency]`); all when none varies."""
+        varying = [k for k, values in self.synth.items() if len(values) > 1]
+        return varying or list(self.synth)
+
     def synth_points(self) -> list[dict[str, Any]]:
         """Every combination of the engine settings searched ({} when none is)."""
         keys = list(self.synth)
@@ -424,23 +430,24 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
                                   callbacks=[_TrialLines(metric, cfg.epochs)]),
     )
     grid = tuner.fit()
-    rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs, out)
+    rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs, out, tcfg.search.setting_keys())
     curve = ratio_curve(rows) if points == [{}] else []
     summary = write_results(rows, curve, out, metric)
     settings, comps = [], []
     if points != [{}]:
         settings = setting_table(rows, out)
         comps = best_setting_comparisons(rows, settings, out)
-        summary = write_synth_results(rows, settings, comps, list(tcfg.search.synth), out)
+        summary = write_synth_results(rows, settings, comps, tcfg.search.setting_keys(), out)
     write_json(out / "results.json", {"rows": rows, "curve": curve, "data_cards": cards, "synthetic": synthetic,
                                       "real": real, "settings": settings, "summary": summary,
                                       "best": [{**c.__dict__, "sentence": best_sentence(c)} for c in comps]})
     return rows
 
 
-def collect_rows(grid, metric: str, mode: str, epochs: int, out: Path) -> list[dict]:
-    """One row per trial: its grid point, how far it got, its validation metric and, for a trial
-    that finished, its zero-shot AUC on each test set (from its scores.json)."""
+def collect_rows(grid, metric: str, mode: str, epochs: int, out: Path, setting_keys=()) -> list[dict]:
+    """One row per trial: its grid point (a synthesis setting by `setting_keys`), how far it got,
+    its validation metric and, for a trial that finished, its zero-shot AUC on each test set (from
+    its scores.json)."""
     import json
 
     from workflows.trial import SCORES_JSON
@@ -459,7 +466,8 @@ def collect_rows(grid, metric: str, mode: str, epochs: int, out: Path) -> list[d
         rows.append({
             "trial": trial_id or (Path(result.path).name if result.path else ""),
             "ratio": config.get("ratio"), "lr": config.get("lr"), "seed": config.get("seed"),
-            "setting": _point_text(config["synth"]) if config.get("synth") else "",
+            "setting": _point_text({k: v for k, v in config["synth"].items() if k in setting_keys})
+                       if config.get("synth") else "",
             "total": config.get("total"),
             "epochs_done": int(last.get("epoch", 0) or 0), "epochs_planned": epochs,
             "stopped_early": int(last.get("epoch", 0) or 0) < epochs and result.error is None,

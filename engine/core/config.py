@@ -121,6 +121,10 @@ class PlanConfig(Section):
     m: int = Field(2, ge=0)  # anatomy entities per sample
     tau_max: Optional[int] = Field(None, ge=1)  # absolute cap; None: tau_factor x fair share
     tau_factor: float = Field(1.1, ge=1.0)
+    # how the slots are shared: even (every entity the same share, whatever the cap) or frequency
+    # (in proportion to the corpus counts, as a frequency-weighted draw that stops drawing an
+    # entity at the cap would give: the cap flattens the head, a large one leaves the long tail)
+    weighting: Literal["even", "frequency"] = "even"
     min_count: int = Field(3, ge=1)  # vocabulary: corpus entities seen at least this often
     seed: int = 0
     exclusive_pairs: list[tuple[str, str]] = Field(default_factory=list)

@@ -3,7 +3,9 @@
 Each sample gets k clinical entities (the four non-anatomy types) and m anatomy entities from
 the corpus vocabulary (entities seen at least `min_count` times). Rather than drawing from the
 corpus distribution (which reproduces its long tail), every entity gets an equal share of the
-n*k (or n*m) slots, capped at tau_max: the slots form a shuffled deck dealt k at a time. A card
+n*k (or n*m) slots, capped at tau_max: the slots form a shuffled deck dealt k at a time. With
+weighting "frequency" the shares follow the corpus counts instead and the cap alone flattens
+the head, so tau_max sets how balanced the plan is (the paper's knob). A card
 that would contradict the sample being dealt (same entity text with another polarity or type,
 or a configured mutually exclusive partner) is swapped with a later compatible card, so counts
 stay balanced and no sample holds a contradiction. Deterministic for a seed.
@@ -70,15 +72,45 @@ def _cap(n_slots: int, vocab_size: int, tau_max: int | None, tau_factor: float) 
     return tau_max if tau_max is not None else max(1, math.ceil(tau_factor * fair))
 
 
-def _deck(n_slots: int, vocab_size: int, cap: int, rng: np.random.Generator, what: str) -> np.ndarray:
-    """n_slots entity indices, as even as the cap allows (counts differ by at most one)."""
+def capped_shares(n_slots: int, weights, cap: int) -> np.ndarray:
+    """Integer slots per entity summing to n_slots, in proportion to `weights` and none above
+    `cap`: the share an entity loses to the cap goes to the others in proportion (water-filling),
+    then the fractions are rounded by largest remainder (ties to the earlier entity)."""
+    w = np.asarray(weights, dtype=np.float64)
+    share = np.zeros(len(w))
+    capped = np.zeros(len(w), bool)
+    left = float(n_slots)
+    while True:
+        free = np.flatnonzero(~capped)
+        want = left * w[free] / w[free].sum()
+        over = want > cap
+        if not over.any():
+            share[free] = want
+            break
+        share[free[over]] = cap
+        capped[free[over]] = True
+        left -= cap * int(over.sum())
+    counts = np.minimum(np.floor(share + 1e-9).astype(np.int64), cap)
+    order = np.lexsort((np.arange(len(w)), -(share - counts)))  # largest remainder first
+    room = order[counts[order] < cap]
+    counts[room[:n_slots - int(counts.sum())]] += 1
+    return counts
+
+
+def _deck(n_slots: int, vocab_size: int, cap: int, rng: np.random.Generator, what: str,
+          weights=None) -> np.ndarray:
+    """n_slots entity indices: as even as the cap allows (counts differ by at most one), or with
+    `weights` in proportion to them under the cap."""
     if vocab_size * cap < n_slots:
         raise UserError(
             f"tau_max={cap} is too small: {vocab_size} {what} entities x {cap} = {vocab_size * cap} "
             f"slots, but the plan needs {n_slots}; raise tau_max, lower n, or lower min_count")
-    base, extra = divmod(n_slots, vocab_size)
-    per_entity = np.full(vocab_size, base, dtype=np.int64)
-    per_entity[rng.permutation(vocab_size)[:extra]] += 1  # who gets the remainder is random
+    if weights is not None:
+        per_entity = capped_shares(n_slots, weights, cap)
+    else:
+        base, extra = divmod(n_slots, vocab_size)
+        per_entity = np.full(vocab_size, base, dtype=np.int64)
+        per_entity[rng.permutation(vocab_size)[:extra]] += 1  # who gets the remainder is random
     deck = np.repeat(np.arange(vocab_size), per_entity)
     return deck[rng.permutation(deck.size)]
 
@@ -160,8 +192,11 @@ def _draw_fresh(counts, cap, text_id, texts, banned, rng) -> int:
 
 
 def build_plan(vocab: Vocabulary, n: int, k: int, m: int, seed: int = 0,
-               tau_max: int | None = None, tau_factor: float = 1.1, exclusive_pairs=()) -> pa.Table:
+               tau_max: int | None = None, tau_factor: float = 1.1, exclusive_pairs=(),
+               weighting: str = "even") -> pa.Table:
     """The plan table (sample_id, entities, seed) for n samples."""
+    if weighting not in ("even", "frequency"):
+        raise UserError(f"plan.weighting {weighting!r}: choose even or frequency")
     if n < 1:
         raise UserError(f"n must be at least 1, got {n}")
     n_clinical_texts = len({text for text, _ in vocab.clinical})
@@ -177,7 +212,8 @@ def build_plan(vocab: Vocabulary, n: int, k: int, m: int, seed: int = 0,
             groups.append([[] for _ in range(n)])
             continue
         cap = caps[what] = _cap(n * per_sample, len(vocab_list), tau_max, tau_factor)
-        deck = _deck(n * per_sample, len(vocab_list), cap, rng, what)
+        weights = [vocab.corpus_counts[key] for key in vocab_list] if weighting == "frequency" else None
+        deck = _deck(n * per_sample, len(vocab_list), cap, rng, what, weights)
         pairs = exclusive_pairs if what == "clinical" else ()
         groups.append(_deal(deck, per_sample, n, vocab_list, pairs, rng, cap))
     entities = [
@@ -190,7 +226,8 @@ def build_plan(vocab: Vocabulary, n: int, k: int, m: int, seed: int = 0,
         "entities": entities,
         "seed": sample_seeds(seed, n),
     }, schema=PLAN_SCHEMA)
-    meta = {"k": k, "m": m, "seed": seed, "tau_clinical": caps.get("clinical"), "tau_anatomy": caps.get("anatomy")}
+    meta = {"k": k, "m": m, "seed": seed, "tau_clinical": caps.get("clinical"), "tau_anatomy": caps.get("anatomy"),
+            "weighting": weighting}
     return table.replace_schema_metadata({"syncxr.plan": json.dumps(meta)})
 
 

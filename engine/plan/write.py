@@ -34,7 +34,7 @@ def make_plan(cfg, n: int, table=None):
         raise UserError(f"no clinical entity reaches plan.min_count={cfg.plan.min_count} in the corpus"
                         + (f" among those the {cfg.images.backend!r} image backend draws" if p.drawable_only else ""))
     plan = build_plan(vocab, n, p.k, p.m, seed=p.seed, tau_max=p.tau_max, tau_factor=p.tau_factor,
-                      exclusive_pairs=p.exclusive_pairs)
+                      exclusive_pairs=p.exclusive_pairs, weighting=p.weighting)
     return plan, vocab
 
 
