@@ -1,9 +1,11 @@
-"""Ray Tune over the mixing ratio, lr and seed: ASHA stops a trial and its Ray Train workers (every
-CPU of the cluster comes back), a finished trial is scored on the phantom test sets like an
-experiment arm, results.csv/md/json and ratio.png are written; the per-ratio curve over seeds.
+"""Ray Tune over the mixing ratio, lr, seed and synthesis settings: one sweep on Ray (ASHA stops a
+trial and its Ray Train workers, every CPU of the cluster comes back; a setting the engine
+refuses fails alone; datasets are synthesised once and reused; a finished trial is scored on
+the phantom test sets like an experiment arm), and the pure parts: the ratio trial's size and
+config, the per-ratio curve over seeds, the best setting's paired interval.
 
 To make ASHA's decision certain, the run's metric is a zero-shot hook (the pluggable validation
-hook) that scores a trial by its lr: the middle trial is the worst at the first rung."""
+hook) that scores a trial by its lr: the larger lr is the worse at the first rung."""
 from __future__ import annotations
 
 import csv
@@ -27,50 +29,26 @@ score_by_lr.metrics = ("lr_score",)  # what validation.metric may name
 VALIDATION_HOOKS.register("lr-score", "test_train_tune:score_by_lr")
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_asha_stops_a_trial_and_releases_its_workers(ray_session, tmp_path):
+def test_a_ratio_trial_trains_on_the_equal_size_mix_of_its_ratio(tmp_path):
+    """The ratio sweep's pieces, without Ray: one training-set size for every ratio (the smallest
+    that every ratio can fill), and each trial's config mixing that many pairs at its ratio, with
+    its lr and seed."""
+    from engine.core.errors import ConfigError
     from train.config import TrainConfig
-    from workflows.tune import TuneConfig, run_tune
+    from workflows.tune import common_total, trial_train_config
 
     syn = make_synthetic_dataset(tmp_path / "syn", 24)
     table = make_table(tmp_path / "real", 30)
-    cfg = TrainConfig.model_validate({
-        "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
-        "data": {"batch_size": 12}, "validation": {"size": 6, "batch_size": 6, "metric": "lr_score",
-                                                   "zero_shot": "lr-score"},
-        "epochs": 2, "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 0.9}})
-    # one ratio, two lrs run one after the other: 1e-4 (best), 1e-2 (worse at the first rung: stopped)
-    tcfg = TuneConfig.model_validate({"search": {"ratios": [0.5], "lrs": [1e-4, 1e-2]},
-                                      "asha": {"grace_period": 1, "reduction_factor": 2},
-                                      "eval": {"per_class": 2, "size": 64}, "max_concurrent_trials": 1})
-    rows = run_tune(tcfg, cfg, tmp_path / "tune", synthetic=str(syn), real=f"table:{table}")
-    by_lr = {r["lr"]: r for r in rows}
-    assert set(by_lr) == {1e-4, 1e-2} and not any(r["error"] for r in rows)
-    assert by_lr[1e-2]["stopped_early"] and by_lr[1e-2]["epochs_done"] == 1
-    assert by_lr[1e-4]["epochs_done"] == 2 and not by_lr[1e-4]["stopped_early"]
-    assert by_lr[1e-4]["lr_score_best"] == -1e-4 and by_lr[1e-2]["lr_score_best"] == -1e-2
-    # the finished trial went through the experiment's trial function: scored on both test sets;
-    # the stopped one never got there
-    assert 0 <= by_lr[1e-4]["common_auc"] <= 1 and 0 <= by_lr[1e-4]["rare_auc"] <= 1
-    assert math.isnan(by_lr[1e-2]["common_auc"]) and {r["seed"] for r in rows} == {0}
-    trial_dir = tmp_path / "tune" / "trials" / by_lr[1e-4]["trial"]
-    assert (trial_dir / "scores.json").is_file() and (trial_dir / "zero_shot_scores.npz").is_file()
-    assert len(list((tmp_path / "tune" / "test-sets").glob("*.npz"))) == 2  # drawn once, kept for the next trial
-    # 24 - 0 synthetic and 30 - 6 real (validation from the real side): total = 2 x min(24, 24) at 0.5
-    assert {r["total"] for r in rows} == {48}
-    out = tmp_path / "tune"
-    with (out / "results.csv").open() as fh:
-        assert len(list(csv.DictReader(fh))) == 2
-    assert "| 0.5 | 0.01 | 0 | 1 | True |" in (out / "results.md").read_text()
-    assert json.loads((out / "results.json").read_text())["curve"][0]["common_seeds"] == 1
-    assert (out / "ratio.png").stat().st_size > 1000
-    # the stopped trial's workers are gone: all the cluster's CPUs come back (a leaked worker
-    # holds 0.9 of them for good)
-    deadline = time.time() + 30
-    while ray_session.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
-        time.sleep(0.5)
-    assert ray_session.available_resources().get("CPU", 0) == 2
+    cfg = TrainConfig.model_validate({"model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
+                                      "validation": {"size": 6}, "batch_size": 6})
+    # 24 synthetic and 30 - 6 real (validation from the real side): 2 x 24 at 0.5, 24 at 0 and at 1
+    assert common_total(cfg, str(syn), f"table:{table}", [0.5]) == 48
+    assert common_total(cfg, str(syn), f"table:{table}", [0.0, 0.5, 1.0]) == 24
+    with pytest.raises(ConfigError, match="needs both --synthetic and --real"):
+        common_total(cfg, str(syn), None, [0.5])
+    trial = trial_train_config(cfg.model_dump(), 0.25, 1e-2, 24, seed=3)
+    assert (trial.data.mix.mode, trial.data.mix.ratio, trial.data.mix.total) == ("ratio", 0.25, 24)
+    assert (trial.optim.lr, trial.seed, trial.data.seed) == (1e-2, 3, 3)
 
 
 def _row(ratio, seed, common, rare=0.6, lr=1e-3, **extra):
@@ -190,38 +168,59 @@ def test_the_best_synthesis_setting_is_named_with_its_paired_interval(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_trial_whose_synthesis_fails_is_one_failed_trial_and_datasets_are_reused(ray_session, tmp_path):
-    """Two synthesis settings, one of which the engine refuses when planning (a cap too small for
-    the plan): that trial fails alone, the other synthesises its dataset, trains and is scored;
+def test_a_synthesis_sweep_stops_a_trial_fails_a_refused_setting_alone_and_reuses_datasets(ray_session, tmp_path):
+    """The one Ray Tune run of the suite: two synthesis settings x two lrs, one trial at a time.
+    The setting the engine refuses when planning (a cap too small for the plan) fails its trials
+    alone. The other's dataset is synthesised once and shared by its two trials, which ASHA ranks
+    by a validation hook that scores a trial by its lr: the larger lr is worse at the first rung
+    and is stopped there, and its Ray Train workers give every CPU back. The finished trial is
+    scored on the phantom test sets (drawn once, kept for the next trial) beside its data card;
     asking for the same settings again reuses the dataset without synthesising it."""
-    import json
-
+    from engine.synth.layout import RunLayout
     from train.config import TrainConfig
     from workflows.tune import TuneConfig, run_tune, trial_dataset
 
     cfg = TrainConfig.model_validate({
         "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
-        "data": {"batch_size": 12}, "validation": {"size": 6, "batch_size": 6, "metric": "val_i2t_r10"},
-        "epochs": 1, "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 0.9}})
-    tcfg = TuneConfig.model_validate({"search": {"ratios": [1.0], "seeds": [0], "synth": {"plan.tau_max": [1, 50]}},
-                                      "data": {"n": 60, "synth_config": "local.yaml"}, "asha": {"enabled": False},
-                                      "eval": {"per_class": 2, "size": 64}})
+        "data": {"batch_size": 12}, "validation": {"size": 6, "batch_size": 6, "metric": "lr_score",
+                                                   "zero_shot": "lr-score"},
+        "epochs": 2, "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 0.9}})
+    # lr varies fastest in Tune's grid: both lrs of tau_max=1 fail, then 1e-4 runs before 1e-2
+    tcfg = TuneConfig.model_validate({"search": {"ratios": [1.0], "lrs": [1e-4, 1e-2], "seeds": [0],
+                                                 "synth": {"plan.tau_max": [1, 50]}},
+                                      "data": {"n": 60, "synth_config": "local.yaml"},
+                                      "asha": {"grace_period": 1, "reduction_factor": 2},
+                                      "eval": {"per_class": 2, "size": 64}, "max_concurrent_trials": 1})
     out = tmp_path / "sweep"
     rows = run_tune(tcfg, cfg, out)
-    by = {r["setting"]: r for r in rows}
-    assert set(by) == {"plan.tau_max=1", "plan.tau_max=50"}
-    assert "tau_max=1 is too small" in by["plan.tau_max=1"]["error"]
-    good = by["plan.tau_max=50"]
-    assert not good["error"] and 0 <= good["common_auc"] <= 1
-    card = json.loads((out / "trials" / good["trial"] / "data_card.json").read_text())
+    by = {(r["setting"], r["lr"]): r for r in rows}
+    assert set(by) == {(s, lr) for s in ("plan.tau_max=1", "plan.tau_max=50") for lr in (1e-4, 1e-2)}
+    assert all("tau_max=1 is too small" in by[("plan.tau_max=1", lr)]["error"] for lr in (1e-4, 1e-2))
+    good, stopped = by[("plan.tau_max=50", 1e-4)], by[("plan.tau_max=50", 1e-2)]
+    assert not good["error"] and not stopped["error"]
+    assert good["epochs_done"] == 2 and not good["stopped_early"] and good["lr_score_best"] == -1e-4
+    assert stopped["stopped_early"] and stopped["epochs_done"] == 1 and stopped["lr_score_best"] == -1e-2
+    # the finished trial went through the experiment's trial function; the stopped one never got there
+    assert 0 <= good["common_auc"] <= 1 and 0 <= good["rare_auc"] <= 1 and math.isnan(stopped["common_auc"])
+    trial_dir = out / "trials" / good["trial"]
+    assert (trial_dir / "scores.json").is_file() and (trial_dir / "zero_shot_scores.npz").is_file()
+    assert len(list((out / "test-sets").glob("*.npz"))) == 2
+    card = json.loads((trial_dir / "data_card.json").read_text())
     assert card["synth"] == {"plan.tau_max": 50} and card["kept"] > 50 and card["funnel"]["attempts"] >= 60
-    [dataset] = [d for d in (out / "data").iterdir() if d.is_dir()]
+    [dataset] = [d for d in (out / "data").iterdir() if d.is_dir()]  # one dataset for both lrs
     assert card["dataset"] == str(dataset)
-    from engine.synth.layout import RunLayout
-
     staged = {p: p.stat().st_mtime_ns for p in RunLayout(dataset).staging.rglob("*.parquet")}
     assert staged and trial_dataset(out, "local.yaml", {"plan.tau_max": 50}, 60) == dataset
     # reused: the engine found every round sealed and republished it; no staged part was written again
     assert {p: p.stat().st_mtime_ns for p in RunLayout(dataset).staging.rglob("*.parquet")} == staged
     md = (out / "results.md").read_text()
     assert "## Synthesis settings" in md and "| plan.tau_max=1 | 0.0001 | 0 | 1 | - | - |" in md
+    with (out / "results.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    assert (out / "synth.png").stat().st_size > 1000 and not (out / "ratio.png").exists()
+    # the stopped trial's workers are gone: all the cluster's CPUs come back (a leaked worker
+    # holds 0.9 of them for good)
+    deadline = time.time() + 30
+    while ray_session.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_session.available_resources().get("CPU", 0) == 2

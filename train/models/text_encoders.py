@@ -101,6 +101,19 @@ def negation_ids(tokenizer) -> tuple[list[int], list[int]]:
     return [vocab[w] for w in NEGATION_CUES if w in vocab], ends
 
 
+def model_from_config(config):
+    """A transformers model of this architecture, without weights. BERT is built by its own
+    class: AutoModel's class lookup imports the whole model registry, ~6 s of every load here (each
+    training worker loads the starting model)."""
+    if config.model_type == "bert":
+        from transformers import BertModel
+
+        return without_pooler(BertModel, config)
+    from transformers import AutoModel
+
+    return without_pooler(AutoModel.from_config, config)
+
+
 FROM_SCRATCH = ("smallbert", "bow")
 KINDS = (*FROM_SCRATCH, "hf", "transformers")
 
@@ -121,11 +134,11 @@ class TextEncoder(nn.Module):
                                          negation_ids(self.tokenizer) if spec.get("negation") else None,
                                          bool(spec.get("token_weights")))
         elif from_dir is not None:  # load_model: architecture from the saved config, weights later
-            from transformers import AutoConfig, AutoModel
+            from transformers import AutoConfig
 
             self.tokenizer = tok.load_tokenizer(str(Path(from_dir) / "tokenizer"))
             config = AutoConfig.from_pretrained(str(Path(from_dir) / "text_encoder"))
-            self.model = without_pooler(AutoModel.from_config, config)
+            self.model = model_from_config(config)
         elif kind == "smallbert":
             from transformers import BertConfig, BertModel  # the modelling import alone costs seconds: only here
 
