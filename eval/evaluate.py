@@ -20,7 +20,6 @@ from train.models.base import WEIGHTS_FILE
 from train.models.frame import to_input
 
 
-
 def load_checkpoint(checkpoint, expect_model: Optional[str] = None):
     return load_model(model_dir(checkpoint), expect_name=expect_model)
 

@@ -113,6 +113,11 @@ def test_synthesis_knobs_are_checked_by_the_engine_schema_when_the_file_is_read(
             load_tune_config(path)
     tcfg, _, _ = load_tune_config("configs/tune-synth-local.yaml")
     assert len(tcfg.search.synth_points()) == 9 and tcfg.search.seeds == [0, 1]
+    # a one-value key is shared by every trial: it names no setting and is no axis of the heat map
+    assert tcfg.search.synth["plan.weighting"] == ["frequency"]
+    assert tcfg.search.setting_keys() == ["plan.k", "plan.tau_factor"]
+    from workflows.tune import SearchSection
+    assert SearchSection(ratios=[1.0], synth={"plan.k": [4]}).setting_keys() == ["plan.k"]
 
 
 def _synth_trial(out, name, setting, seed, labels, scores, card):

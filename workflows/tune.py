@@ -444,10 +444,11 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     return rows
 
 
-def collect_rows(grid, metric: str, mode: str, epochs: int, out: Path, setting_keys=()) -> list[dict]:
-    """One row per trial: its grid point (a synthesis setting by `setting_keys`), how far it got,
-    its validation metric and, for a trial that finished, its zero-shot AUC on each test set (from
-    its scores.json)."""
+def collect_rows(grid, metric: str, mode: str, epochs: int, out: Path,
+                 setting_keys: Optional[list[str]] = None) -> list[dict]:
+    """One row per trial: its grid point (a synthesis setting named by `setting_keys`, default all
+    its keys), how far it got, its validation metric and, for a trial that finished, its zero-shot
+    AUC on each test set (from its scores.json)."""
     import json
 
     from workflows.trial import SCORES_JSON
@@ -466,8 +467,8 @@ def collect_rows(grid, metric: str, mode: str, epochs: int, out: Path, setting_k
         rows.append({
             "trial": trial_id or (Path(result.path).name if result.path else ""),
             "ratio": config.get("ratio"), "lr": config.get("lr"), "seed": config.get("seed"),
-            "setting": _point_text({k: v for k, v in config["synth"].items() if k in setting_keys})
-                       if config.get("synth") else "",
+            "setting": _point_text({k: v for k, v in config["synth"].items()
+                                    if setting_keys is None or k in setting_keys}) if config.get("synth") else "",
             "total": config.get("total"),
             "epochs_done": int(last.get("epoch", 0) or 0), "epochs_planned": epochs,
             "stopped_early": int(last.get("epoch", 0) or 0) < epochs and result.error is None,
