@@ -430,14 +430,15 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
                                   callbacks=[_TrialLines(metric, cfg.epochs)]),
     )
     grid = tuner.fit()
-    rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs, out, tcfg.search.setting_keys())
+    knobs = tcfg.search.setting_keys()
+    rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs, out, knobs)
     curve = ratio_curve(rows) if points == [{}] else []
     summary = write_results(rows, curve, out, metric)
     settings, comps = [], []
     if points != [{}]:
         settings = setting_table(rows, out)
         comps = best_setting_comparisons(rows, settings, out)
-        summary = write_synth_results(rows, settings, comps, tcfg.search.setting_keys(), out)
+        summary = write_synth_results(rows, settings, comps, knobs, out)
     write_json(out / "results.json", {"rows": rows, "curve": curve, "data_cards": cards, "synthetic": synthetic,
                                       "real": real, "settings": settings, "summary": summary,
                                       "best": [{**c.__dict__, "sentence": best_sentence(c)} for c in comps]})
