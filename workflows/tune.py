@@ -142,6 +142,15 @@ def _point_text(point: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in point.items())
 
 
+def trial_label(config: dict, setting_keys: Optional[list[str]] = None) -> str:
+    """How the sweep names a trial: its synthesis setting (by `setting_keys`, default all its keys)
+    or its ratio, then lr and seed."""
+    synth = config.get("synth")
+    what = (_point_text({k: v for k, v in synth.items() if setting_keys is None or k in setting_keys}) if synth
+            else f"ratio {config['ratio']:g}")
+    return f"{what} lr {config['lr']:g} seed {config['seed']}"
+
+
 def synth_engine_config(synth_config: str, point: dict[str, Any]):
     """The engine config of one grid point, checked by the engine's schema (an unknown key or a
     bad value is a ConfigError naming the field)."""
@@ -313,7 +322,7 @@ class _TrialLines:
     """A Tune callback printing one line per trial result and end (instead of Tune's tables), and
     releasing a finished or stopped trial's worker placement group."""
 
-    def __new__(cls, metric: str, epochs: int):
+    def __new__(cls, metric: str, epochs: int, setting_keys: Optional[list[str]] = None):
         from ray.tune import Callback
 
         class TrialLines(Callback):
@@ -329,9 +338,8 @@ class _TrialLines:
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
                 self.groups[trial.trial_id] = result.get(PLACEMENT_GROUP_KEY) or self.groups.get(trial.trial_id)
-                print(f"  {trial.trial_id} ratio {trial.config['ratio']:g} lr {trial.config['lr']:g} "
-                      f"seed {trial.config['seed']}: "
-                      f"epoch {result.get('epoch')}/{epochs} {metric} {result.get(metric, float('nan')):.3f}", flush=True)
+                print(f"  {trial.trial_id} {trial_label(trial.config, setting_keys)}: epoch {result.get('epoch')}/{epochs} "
+                      f"{metric} {result.get(metric, float('nan')):.3f}", flush=True)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 done = (trial.last_result or {}).get("epoch", 0)
@@ -398,6 +406,7 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
     total = common_total(cfg, synthetic, real, ratios) if points == [{}] else None
     claim(out, "tune", inputs)  # the first write: a sweep that cannot start leaves nothing behind
     metric = cfg.validation.metric
+    knobs = tcfg.search.setting_keys()
     # max_t one past the last epoch: ASHA stops a trial at max_t, which would kill it between its
     # last report and the final model save; a trial that gets there ends by itself instead
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs + 1, grace_period=tcfg.asha.grace_period,
@@ -427,10 +436,9 @@ def run_tune(tcfg: TuneConfig, cfg: TrainConfig, out: str | Path, synthetic: Opt
         tune_config=tune.TuneConfig(metric=metric, mode=tcfg.mode, scheduler=scheduler,
                                     max_concurrent_trials=tcfg.max_concurrent_trials, num_samples=tcfg.num_samples),
         run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=str(out / "ray"), verbose=1 if verbose else 0,
-                                  callbacks=[_TrialLines(metric, cfg.epochs)]),
+                                  callbacks=[_TrialLines(metric, cfg.epochs, knobs)]),
     )
     grid = tuner.fit()
-    knobs = tcfg.search.setting_keys()
     rows = collect_rows(grid, metric, tcfg.mode, cfg.epochs, out, knobs)
     curve = ratio_curve(rows) if points == [{}] else []
     summary = write_results(rows, curve, out, metric)
@@ -478,8 +486,13 @@ def collect_rows(grid, metric: str, mode: str, epochs: int, out: Path,
             **{f"{key}_auc": scores.get(key, float("nan")) for key in SETS},
             "error": (str(result.error).strip().splitlines() or [""])[-1] if result.error else "",
         })
-    return sorted(rows, key=lambda r: (r["ratio"] is None, r["ratio"] or 0.0, r["setting"], r["lr"] or 0.0,
-                                       r["seed"] or 0))
+    return sorted(rows, key=lambda r: (r["ratio"] is None, r["ratio"] or 0.0, setting_order(r["setting"]),
+                                       r["lr"] or 0.0, r["seed"] or 0))
+
+
+def setting_order(setting: str) -> tuple:
+    """A setting's sort key by its values as numbers: k=2 before k=10, tau_factor=2.0 before 1000.0."""
+    return tuple(_as_number(part.split("=", 1)[-1]) for part in setting.split(", ")) if setting else ()
 
 
 def ratio_curve(rows: list[dict]) -> list[dict]:
@@ -589,14 +602,15 @@ def setting_table(rows: list[dict], out: Path) -> list[dict]:
     import json
 
     table = []
-    for setting, lr in sorted({(r["setting"], r["lr"]) for r in rows if r["setting"]}):
+    for setting, lr in sorted({(r["setting"], r["lr"]) for r in rows if r["setting"]},
+                              key=lambda s: (setting_order(s[0]), s[1])):
         mine = [r for r in rows if r["setting"] == setting and r["lr"] == lr]
         entry = {"setting": setting, "lr": lr, "trials": len(mine), "failed": sum(bool(r["error"]) for r in mine),
                  **seed_stats(mine)}
         cards = [out / "trials" / r["trial"] / DATA_CARD_JSON for r in mine]
         card = next((json.loads(c.read_text()) for c in cards if c.is_file()), {})
-        entry["card"] = {k: card.get(k) for k in ("kept", "planned", "clinical_max_min", "anatomy_max_min",
-                                                   "drawn_pairs_share", "undrawable_mentions_share")}
+        entry["card"] = {k: card[k] for k in ("kept", "planned", "clinical_max_min", "anatomy_max_min",
+                                               "drawn_pairs_share", "undrawable_mentions_share") if k in card}
         table.append(entry)
     return table
 
@@ -652,12 +666,15 @@ def write_synth_results(rows: list[dict], table: list[dict], comps: list, knobs:
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
 
+    def spread(card, key):  # the plan's max/min is None when an entity got no slot
+        return "-" if key not in card else "∞ (some at 0)" if card[key] is None else f"{card[key]:g}"
+
     for e in table:
         c = e["card"]
         auc = [("-" if not e[f"{k}_seeds"] else f"{e[f'{k}_mean']:.3f}"
                 + (f" ± {e[f'{k}_sd']:.3f}" if e[f"{k}_seeds"] > 1 else "")) for k in SETS]
         lines.append(f"| {e['setting']} | {e['lr']:g} | {e['common_seeds']} | {e['failed']} | {auc[0]} | {auc[1]} | "
-                     f"{c.get('kept')}/{c.get('planned')} | {c.get('clinical_max_min')} | {c.get('anatomy_max_min')} | "
+                     f"{c.get('kept')}/{c.get('planned')} | {spread(c, 'clinical_max_min')} | {spread(c, 'anatomy_max_min')} | "
                      f"{pct(c.get('drawn_pairs_share'))} | {pct(c.get('undrawable_mentions_share'))} |")
     if comps:
         lines += [""] + [f"- {best_sentence(c)}" for c in comps]
