@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import time
@@ -16,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from fault_harness import (can_bind_mount, classify, content_hash, readonly_wrap, remount_ro_fault, synth_args,
-                           syncxr, tree_digest)
+from fault_harness import (can_bind_mount, classify, content_hash, damage, readonly_wrap, remount_ro_fault,
+                           synth_args, syncxr, tree_digest)
 
 N = 24
 
@@ -107,6 +108,23 @@ def test_a_lost_global_qc_is_decided_again_not_regenerated(base, tmp_path, how):
     assert content_hash(out) == base[2] and all_first_attempts(out)
 
 
+@pytest.mark.ray
+@pytest.mark.parametrize("kind,how", [("data part", "flip"), ("data part", "delete"), ("embeddings part", "truncate"),
+                                      ("manifest", "truncate"), ("data card", "delete"), ("stray part", "add")])
+def test_a_damaged_published_file_is_rebuilt_from_the_sealed_rounds(base, tmp_path, capsys, kind, how):
+    out = copy_of(base, tmp_path)
+    if kind == "stray part":  # a file the manifest does not record, among the rejected attempts
+        (out / "rejected").mkdir(exist_ok=True)
+        shutil.copyfile(staged_part(out), out / "rejected" / "part-stray.parquet")
+    else:
+        assert damage(out, kind, how, random.Random(0)) is not None, f"the shared run has no {kind}"
+    manifest = rerun(base, out)
+    assert "nothing rewritten" not in capsys.readouterr().err
+    assert manifest["complete"] and [r["tried"] for r in manifest["rounds"]] == [N]  # nothing regenerated
+    assert content_hash(out) == base[2] and (out / "DATACARD.md").is_file()
+    assert sorted(p.name for p in (out / "rejected").iterdir()) == sorted(p.name for p in (base[1] / "rejected").iterdir())
+
+
 # ---------------------------------------------------------------- 2. kill -9 in finalize, global QC, a round
 
 
@@ -114,6 +132,7 @@ def test_a_lost_global_qc_is_decided_again_not_regenerated(base, tmp_path, how):
 @pytest.mark.parametrize("point", ["finalize-built", "finalize-switched"])
 def test_kill_9_during_finalize_of_a_rerun_leaves_the_dataset(base, tmp_path, point):
     out = copy_of(base, tmp_path)
+    (out / "DATACARD.md").unlink()  # a rerun rebuilds a finished run only when something is not as recorded
     killed = syncxr(synth_args(base[0], N, out), fault=f"{point}:kill")
     assert killed.rc == -9, killed.stderr[-2000:]
     assert content_hash(out) == base[2]  # at the instant of the kill: one complete dataset

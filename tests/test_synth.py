@@ -229,9 +229,14 @@ def test_synth_writes_the_dataset_layout(reference_run):
 def test_rerun_of_a_finished_run_changes_nothing(reference_run, capsys):
     cfg, out, manifest = reference_run
     before = dataset_rows(out)
+    published = [p for d in ("data", "embeddings", "rejected", "plots") for p in sorted((out / d).iterdir())]
+    published += [out / "manifest.json", out / "DATACARD.md"]
+    stamps = {p: p.stat().st_mtime_ns for p in published}
     again = run(cfg, 60, out)
-    assert again["kept"] == 60 and "(already done)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert again["kept"] == 60 and "(already done)" in err and "nothing rewritten" in err
     assert dataset_rows(out) == before
+    assert {p: p.stat().st_mtime_ns for p in published} == stamps  # a reader of the dataset is undisturbed
 
 
 @pytest.mark.ray

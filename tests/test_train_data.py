@@ -26,6 +26,11 @@ TINY_MODEL = {"image": {"image_size": 32, "resize_to": 36},
               "text_encoder": {"vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 1,
                                "num_attention_heads": 2, "intermediate_size": 64},
               "text": {"max_tokens": 12}, "head": {"embed_dim": 32, "hidden_dim": 32}}
+# The same size over the CPU default's bag-of-words tower: for Ray Train runs whose subject is not
+# the text tower (a BERT tower costs each process that builds or loads it seconds of imports)
+TINY_BOW = ("convirt-resnet18-bow", {"image": {"image_size": 32, "resize_to": 36},
+                                     "text_encoder": {"vocab_size": 300, "hidden_size": 32},
+                                     "text": {"max_tokens": 12}, "head": {"embed_dim": 32, "hidden_dim": 32}})
 
 FINDINGS = ["pleural effusion", "pneumothorax", "cardiomegaly", "consolidation", "atelectasis", "edema",
             "nodule", "fracture of the rib"]

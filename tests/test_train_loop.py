@@ -18,7 +18,7 @@ from local_head import kill_all, processes_of
 import torch
 import yaml
 
-from test_train_data import TINY_MODEL, make_synthetic_dataset
+from test_train_data import TINY_BOW, make_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +116,7 @@ def _tiny_run(tmp_path: Path, pairs: int, **top) -> tuple[Path, list[str]]:
     data = make_synthetic_dataset(tmp_path / "syn", pairs)
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml.safe_dump({
-        "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
+        "model": {"name": TINY_BOW[0], "overrides": TINY_BOW[1]},
         "data": {"batch_size": 30, "num_cpus": 0.5}, "validation": {"size": 10, "batch_size": 10},
         "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 1}, "engine": {"num_cpus": 2}, **top}))
     run = tmp_path / "run"
@@ -176,7 +176,7 @@ def test_a_stopped_or_killed_run_resumes_from_its_checkpoint_to_the_planned_step
     summary = json.loads((run / "run.json").read_text())
     assert summary["planned_steps"] == 30 and summary["final"]["step"] == 30 and summary["kind"] == "train"
     from train.models import load_model
-    assert load_model(run / "model").name == "convirt-resnet18-smallbert"
+    assert load_model(run / "model").name == TINY_BOW[0]
 
 
 @pytest.mark.slow
@@ -208,7 +208,7 @@ def test_two_runs_of_the_same_command_give_the_same_metrics(ray_session, tmp_pat
 
     data = make_synthetic_dataset(tmp_path / "syn", 50)
     cfg = TrainConfig.model_validate({
-        "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
+        "model": {"name": TINY_BOW[0], "overrides": TINY_BOW[1]},
         "data": {"batch_size": 20, "num_cpus": 0.5, "augment": True, "random_sentence": True},
         "validation": {"size": 10, "batch_size": 10}, "epochs": 2, "batch_size": 8,
         "optim": {"lr": 1e-3}, "scaling": {"num_workers": 1, "cpus_per_worker": 2}})

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from local_head import agent_port_args, free_ports, kill_all, processes_of
 
-from test_train_data import TINY_MODEL, make_synthetic_dataset
+from test_train_data import TINY_BOW, make_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -58,7 +58,7 @@ def test_a_run_whose_worker_has_not_the_drivers_disk_lands_whole_on_the_driver(t
     run = runs / "run"
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml.safe_dump({
-        "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
+        "model": {"name": TINY_BOW[0], "overrides": TINY_BOW[1]},
         "data": {"batch_size": 30, "num_cpus": 0.5}, "validation": {"size": 10, "batch_size": 10},
         "epochs": 2, "batch_size": 6, "checkpoint": {"storage_path": str(shared)},
         "scaling": {"num_workers": 1, "cpus_per_worker": 2}}))
@@ -98,7 +98,7 @@ def test_a_run_whose_worker_has_not_the_drivers_disk_lands_whole_on_the_driver(t
 
     # 30 training pairs / batch 6 = 5 steps per epoch
     assert [(r["kind"], r["step"]) for r in read_records(run / "metrics.jsonl")] == [("epoch", 5), ("epoch", 10)]
-    assert load_model(run / "model").name == "convirt-resnet18-smallbert"
+    assert load_model(run / "model").name == TINY_BOW[0]
     summary = json.loads((run / "run.json").read_text())
     assert summary["final"]["step"] == 10 and "placement_group_id" not in summary["final"]
     assert summary["checkpoints"].startswith(str(shared)) and not (run / "ray").exists()

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from test_train_data import TINY_MODEL, make_synthetic_dataset, make_table
+from test_train_data import TINY_BOW, make_synthetic_dataset, make_table
 from train.hooks import VALIDATION_HOOKS
 
 
@@ -39,7 +39,7 @@ def test_a_ratio_trial_trains_on_the_equal_size_mix_of_its_ratio(tmp_path):
 
     syn = make_synthetic_dataset(tmp_path / "syn", 24)
     table = make_table(tmp_path / "real", 30)
-    cfg = TrainConfig.model_validate({"model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
+    cfg = TrainConfig.model_validate({"model": {"name": TINY_BOW[0], "overrides": TINY_BOW[1]},
                                       "validation": {"size": 6}, "batch_size": 6})
     # 24 synthetic and 30 - 6 real (validation from the real side): 2 x 24 at 0.5, 24 at 0 and at 1
     assert common_total(cfg, str(syn), f"table:{table}", [0.5]) == 48
@@ -138,6 +138,24 @@ def roc_mean(labels, scores):
     return float(mean_auc(labels, scores))
 
 
+def test_settings_sort_by_their_values_as_numbers():
+    from workflows.tune import setting_order
+
+    names = ["plan.k=10, plan.tau_factor=1.1", "plan.k=2, plan.tau_factor=1000.0", "plan.k=2, plan.tau_factor=2.0",
+             "plan.k=2, plan.tau_factor=1.1"]
+    assert sorted(names, key=setting_order) == [names[3], names[2], names[1], names[0]]
+    assert setting_order("") == ()
+
+
+def test_a_trial_is_named_by_its_synthesis_setting_or_its_ratio():
+    from workflows.tune import trial_label
+
+    point = {"plan.weighting": "frequency", "plan.k": 2, "plan.tau_factor": 1.1}
+    assert trial_label({"synth": point, "ratio": 1.0, "lr": 1e-3, "seed": 0}, ["plan.k", "plan.tau_factor"]) == \
+        "plan.k=2, plan.tau_factor=1.1 lr 0.001 seed 0"
+    assert trial_label({"synth": None, "ratio": 0.25, "lr": 3e-4, "seed": 1}) == "ratio 0.25 lr 0.0003 seed 1"
+
+
 def test_the_best_synthesis_setting_is_named_with_its_paired_interval(tmp_path):
     from workflows.tune import best_sentence, best_setting_comparisons, setting_table, write_results, \
         write_synth_results
@@ -148,7 +166,8 @@ def test_the_best_synthesis_setting_is_named_with_its_paired_interval(tmp_path):
     for s, (k, strength) in enumerate([(2, 0.5), (4, 2.0), (6, 1.0)]):
         for seed in (0, 1, 2):
             scores = {key: labels[key] * strength + rng.normal(0, 1, labels[key].shape) for key in labels}
-            card = {"kept": 50, "planned": 50, "clinical_max_min": 1.0 + s, "drawn_pairs_share": 0.5}
+            card = {"kept": 50, "planned": 50, "clinical_max_min": 1.0 + s if k != 2 else None,
+                    "drawn_pairs_share": 0.5}
             rows.append(_synth_trial(tmp_path, f"k{k}-s{seed}", f"plan.k={k}, plan.tau_factor=1.1", seed, labels,
                                      scores, card))
     rows.append({**_row(1.0, 0, float("nan"), float("nan")), "trial": "bad", "setting": "plan.k=8, plan.tau_factor=1.1",
@@ -168,6 +187,8 @@ def test_the_best_synthesis_setting_is_named_with_its_paired_interval(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| plan.k=8, plan.tau_factor=1.1 | 0.001 | 0 | 1 | - | - |" in md and "## Synthesis settings" in md
     assert "is best on common findings" in md and (tmp_path / "synth.png").stat().st_size > 5000
+    # an entity without a slot (no cap) is an unbounded max/min; a card without the figure shows none
+    assert "| 50/50 | ∞ (some at 0) | - | 50.0% |" in md and "| 50/50 | 3 | - | 50.0% |" in md
     assert not (tmp_path / "ratio.png").exists()
 
 
@@ -186,7 +207,7 @@ def test_a_synthesis_sweep_stops_a_trial_fails_a_refused_setting_alone_and_reuse
     from workflows.tune import TuneConfig, run_tune, trial_dataset
 
     cfg = TrainConfig.model_validate({
-        "model": {"name": "convirt-resnet18-smallbert", "overrides": TINY_MODEL},
+        "model": {"name": TINY_BOW[0], "overrides": TINY_BOW[1]},
         "data": {"batch_size": 12}, "validation": {"size": 6, "batch_size": 6, "metric": "lr_score",
                                                    "zero_shot": "lr-score"},
         "epochs": 2, "batch_size": 6, "scaling": {"num_workers": 1, "cpus_per_worker": 0.9}})
@@ -214,10 +235,10 @@ def test_a_synthesis_sweep_stops_a_trial_fails_a_refused_setting_alone_and_reuse
     assert card["synth"] == {"plan.tau_max": 50} and card["kept"] > 50 and card["funnel"]["attempts"] >= 60
     [dataset] = [d for d in (out / "data").iterdir() if d.is_dir()]  # one dataset for both lrs
     assert card["dataset"] == str(dataset)
-    staged = {p: p.stat().st_mtime_ns for p in RunLayout(dataset).staging.rglob("*.parquet")}
-    assert staged and trial_dataset(out, "local.yaml", {"plan.tau_max": 50}, 60) == dataset
-    # reused: the engine found every round sealed and republished it; no staged part was written again
-    assert {p: p.stat().st_mtime_ns for p in RunLayout(dataset).staging.rglob("*.parquet")} == staged
+    stamps = {p: p.stat().st_mtime_ns for p in dataset.rglob("*") if p.is_file()}
+    assert RunLayout(dataset).manifest in stamps and trial_dataset(out, "local.yaml", {"plan.tau_max": 50}, 60) == dataset
+    # reused: every round sealed, every published file as recorded; not one file written again
+    assert {p: p.stat().st_mtime_ns for p in dataset.rglob("*") if p.is_file()} == stamps
     md = (out / "results.md").read_text()
     assert "## Synthesis settings" in md and "| plan.tau_max=1 | 0.0001 | 0 | 1 | - | - |" in md
     with (out / "results.csv").open() as fh:

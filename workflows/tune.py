@@ -172,7 +172,7 @@ def trial_dataset(out: Path, synth_config: str, point: dict[str, Any], n: int) -
     config_file = variant_config(synth_config, out / "configs", f"synth-{digest}", nested(point))
     data_dir = out / "data" / f"synth-{digest}"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(out / "data" / f".synth-{digest}.lock", "w") as lock:
+    with open(out / "data" / f".synth-{digest}.lock", "a") as lock:  # "a": a rerun leaves even this file as it was
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second trial of the same settings waits, then reuses it
         return synth(config_file, n, data_dir)
 

@@ -4,15 +4,20 @@ embeddings/, manifest.json and DATACARD.md with its plots.
 
 It streams: one pass over the staged parts locates the kept rows and writes the rejected ones;
 the data parts are then gathered a chunk of sample_ids at a time. Everything here is rebuilt from
-staging on every run, so a finalize that was interrupted is simply redone.
+staging, so a finalize that was interrupted is simply redone; a rerun of a finished run whose
+published files and sealed rounds are all as its manifest records them rebuilds nothing
+(`published_manifest`): others may be reading that dataset.
 
 Nothing published is removed before its replacement is whole: data/, embeddings/ and rejected/
 are written as data.new/ (...) and then switched over in one rename each (engine.core.files.
 exchange_dirs), so at every instant the previous dataset or the new one is in place; the
-manifest, written after the switch, records every data and embeddings file (rows, sha256).
+manifest, written after the switch, records every published file (sha256; rows for data and
+embeddings) and the seals of the rounds it was built from.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import shutil
 import time
@@ -235,6 +240,39 @@ def recover_published(out: Path) -> None:
             shutil.rmtree(layout.building(d))
 
 
+def seals_digest(staging: Path) -> str:
+    """sha256 over the DONE files of the sealed rounds: the staged input finalize builds from
+    (each seal lists its parts' and global QC's records)."""
+    h = hashlib.sha256()
+    for round_dir in sorted(staging.glob("round-*")):
+        done = RunLayout.done_marker(round_dir)
+        if done.is_file():
+            h.update(round_dir.name.encode() + b"\0" + done.read_bytes() + b"\n")
+    return h.hexdigest()
+
+
+def published_manifest(cfg, out: Path, staging: Path) -> dict | None:
+    """The manifest of a finished run that finalize would only write again: made with these
+    settings from exactly the rounds sealed now, every published file (and nothing else) as it
+    records, the card there. None otherwise, and finalize rebuilds."""
+    from engine.synth.integrity import matches
+
+    layout = RunLayout(out)
+    try:
+        manifest = json.loads(layout.manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("config_digest") != cfg.digest() \
+            or manifest.get("staging_seals") != seals_digest(staging):
+        return None
+    files = manifest.get("files") or {}
+    published = {f"{d.name}/{p.name}" for d in (layout.data, layout.embeddings, layout.rejected)
+                 for p in d.glob("*.parquet")}
+    if published != set(files) or not layout.datacard.is_file():  # the card is written last
+        return None
+    return None if any(matches(out / name, record) for name, record in files.items()) else manifest
+
+
 def finalize(cfg, out: Path, plan: pa.Table, staging: Path, rounds: list[dict], seconds: float) -> dict:
     from engine.synth.datacard import write_datacard
     from engine.synth.integrity import fault_point
@@ -251,6 +289,7 @@ def finalize(cfg, out: Path, plan: pa.Table, staging: Path, rounds: list[dict], 
     for d in (layout.data, layout.embeddings, layout.rejected):
         exchange_dirs(layout.building(d), d)
         fault_point("finalize-switched")
+    records.update({f"{layout.rejected.name}/{p.name}": file_record(p) for p in sorted(layout.rejected.glob("*.parquet"))})
     planned = plan.num_rows
     manifest = {
         "syncxr_format": "syncxr-dataset/1",
@@ -271,6 +310,7 @@ def finalize(cfg, out: Path, plan: pa.Table, staging: Path, rounds: list[dict], 
         "versions": package_versions(),
         "outputs": {"data": "data/", "rejected": "rejected/", "embeddings": "embeddings/", "card": "DATACARD.md"},
         "files": records,
+        "staging_seals": seals_digest(staging),
     }
     write_json(RunLayout(out).manifest, manifest)
     write_datacard(out, manifest, scan.kept_entities, plan)

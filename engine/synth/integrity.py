@@ -295,6 +295,8 @@ def claim(out: Path, mine: dict, theirs: dict | None, **more) -> dict:
     data.update(mine)
     data["inputs"] = inputs
     data.update(more)
+    if data == theirs:
+        return data  # a rerun of the same run: its marker stays as written
     Path(out).mkdir(parents=True, exist_ok=True)
     write_json(RunLayout(out).run_json, data)
     return data

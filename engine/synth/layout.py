@@ -13,7 +13,8 @@
     data/part-*.parquet          the published dataset (engine.dataset reads it)
     embeddings/part-*.parquet    sample_id + QC embedding, in data/'s order
     rejected/part-*.parquet      every attempt not kept, with reasons and a typed status
-    manifest.json, DATACARD.md, plots/   what finalize writes last (manifest: records of data/)
+    manifest.json, DATACARD.md, plots/   what finalize writes last (manifest: records of every published
+                                 file and a digest of the round seals it was built from)
     data.new/, embeddings.new/, rejected.new/   finalize builds here, then switches each over whole
 """
 from __future__ import annotations

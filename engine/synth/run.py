@@ -306,8 +306,12 @@ def run_synth(cfg, n: int, out: Path, address: str | None = None, verbose: bool 
         log(f"round {r}: {summary['tried']} tried, {summary['passed_stages']} passed the stages, "
             f"{summary['kept']} kept after global QC; total {len(kept)}/{plan.num_rows}"
             f"{' (already done)' if resumed else ''} [{summary['seconds']}s]; rejected by: {summary['rejected_by'] or '-'}")
-    from engine.synth.finalize import finalize
+    from engine.synth.finalize import finalize, published_manifest
 
+    published = published_manifest(cfg, out, staging)
+    if published is not None:
+        log(f"{out}: finished before from these sealed rounds, every published file as recorded; nothing rewritten")
+        return published
     return finalize(cfg, out, plan, staging, rounds, seconds=time.time() - started)
 
 
