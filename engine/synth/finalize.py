@@ -289,7 +289,8 @@ def finalize(cfg, out: Path, plan: pa.Table, staging: Path, rounds: list[dict], 
     for d in (layout.data, layout.embeddings, layout.rejected):
         exchange_dirs(layout.building(d), d)
         fault_point("finalize-switched")
-    records.update({f"{layout.rejected.name}/{p.name}": file_record(p) for p in sorted(layout.rejected.glob("*.parquet"))})
+    for part in sorted(layout.rejected.glob("*.parquet")):  # recorded too: a rerun checks them before reusing
+        records[f"{layout.rejected.name}/{part.name}"] = file_record(part)
     planned = plan.num_rows
     manifest = {
         "syncxr_format": "syncxr-dataset/1",
