@@ -1,6 +1,7 @@
 """`syncxr experiment`: the paper's central comparison in a controlled world.
 
-Arms, each the same size and trained with the same model and step budget, over several seeds:
+Arms, each about the same size and trained with the same model for the same epochs (about the same
+step budget: QC and the validation hold-out shift it by a few batches), over several seeds:
 - real: "real-like" pairs: the corpus's own reports (real texts, their entity sets, their long
   tail), each drawn by the phantom from its own entities (plan mode `corpus`, report backend
   `corpus`), then spoilt the way real archives are: a share of pairs unpaired (report of another
