@@ -361,8 +361,9 @@ def test_cells_whose_projection_would_not_filter_are_marked_from_the_sample():
 
 def test_full_space_cells_of_a_shuffle_group_give_the_pairs_above_the_threshold():
     """pairs_of_bucket, the Ray Data step for the marked cells, as a plain function over two cells
-    given in shuffled row order: exactly the pairs above the threshold inside each cell (homes
-    with homes and spilled rows, never spilled with spilled), a < b by sample_id, float64 cosines."""
+    given in shuffled row order (each row in one cell, its home unless spilled): exactly the pairs
+    above the threshold inside each cell (homes with homes and spilled rows, never spilled with
+    spilled), a < b by sample_id, float64 cosines."""
     from engine.qc.dedup_distributed import pairs_of_bucket
 
     x, _, _ = clustered(n=600, d=64, groups=20, decoys=10)
@@ -371,12 +372,105 @@ def test_full_space_cells_of_a_shuffle_group_give_the_pairs_above_the_threshold(
     spilled = np.zeros(600, bool)
     spilled[[5, 7, 305]] = True
     order = np.random.default_rng(1).permutation(600)
-    out = pairs_of_bucket({"sample_id": ids[order], "cell": cell[order], "spilled": spilled[order], "z": x[order]}, T)
+    out = pairs_of_bucket({"sample_id": ids[order], "cells": cell[order, None], "home": ~spilled[order],
+                           "z": x[order]}, T)
     truth = {(int(i), int(j)) for i, j in brute_pairs(x, T) if cell[i] == cell[j] and not (spilled[i] and spilled[j])}
     got = {(int(a[1:]), int(b[1:])) for a, b in zip(out["a"], out["b"])}
     assert got == truth and len(truth) > 10
     np.testing.assert_allclose(out["sim"], [x[int(a[1:])].astype(np.float64) @ x[int(b[1:])].astype(np.float64)
                                             for a, b in zip(out["a"], out["b"])], atol=1e-6)
+
+
+def _clustered_cells(n=6000, cells=96):
+    """Clustered rows (12 centres, planted groups and decoys), a cell model of `cells` cells in 32
+    principal directions and each row's cells (assign_cells with the default spill): neighbours."""
+    x, _, _ = clustered(n=n, d=128, centres=12, groups=n // 60, decoys=n // 100)
+    cfg = IndexConfig(exact_max=1, dedup_cells=cells, dedup_train_per_cell=20, dedup_project_dim=32)
+    model = cd.fit_cells(cd.training_sample(x, ids_of(n), cells, cfg), cells, cfg)
+    return x, cfg, model, cd.assign_cells(x, model, cfg.dedup_cells_per_vector, cd.spill_radius(T, cfg))
+
+
+def test_locality_buckets_balance_the_cells_and_keep_a_rows_cells_together():
+    """Cells to shuffle buckets by a k-d tree of the centroids: the same map every time, every cell
+    in a bucket, each bucket its share (of cells, or of the rows the weights give), and a row's
+    cells mostly in one bucket where `cell % buckets` spreads them over nearly as many buckets as
+    it has cells (measured here: 1.32-1.98 against 2.85-4.36 of 4.96 cells, at 4-16 buckets)."""
+    from engine.qc.dedup_distributed import buckets_per_row, locality_buckets, plan_buckets
+
+    x, _, model, cells = _clustered_cells()
+    assert (cells >= 0).sum(axis=1).mean() > 4
+    rows = np.bincount(cells[cells >= 0], minlength=model.cells) + 1.0
+    for b in (4, 8, 16):
+        plain, weighted = locality_buckets(model.centroids, b), locality_buckets(model.centroids, b, rows)
+        assert (plain == locality_buckets(model.centroids, b)).all() and plain.dtype == np.int32
+        assert sorted(set(plain.tolist())) == sorted(set(weighted.tolist())) == list(range(b))
+        assert np.bincount(plain).max() <= np.ceil(model.cells / b) + 1
+        load = np.bincount(weighted, weights=rows)
+        assert load.max() < 1.2 * load.mean()
+        assert buckets_per_row(cells, weighted) < 0.6 * buckets_per_row(cells, np.arange(model.cells) % b)
+    assert sorted(locality_buckets(model.centroids, 500).tolist()) == list(range(model.cells))  # one cell each
+    # the driver's plan: at least `least` buckets, the copies per row measured on the rows it is given
+    model.full_space = np.ones(model.cells, bool)
+    buckets, bucket_of, copies = plan_buckets(model, cells, True, len(x), 4 * 128 + 64, least=8)
+    assert buckets == 8 and copies == buckets_per_row(cells, bucket_of) < 2
+    many, _, more = plan_buckets(model, cells, True, 100 * len(x), 4 * 768 + 64, least=8)
+    assert many > 8 and more > copies  # 600k rows of 768 floats: buckets of ~128 MB, more boundaries crossed
+
+
+def test_assign_rows_ships_a_row_once_per_bucket_and_the_groups_give_the_per_cell_pairs():
+    """assign_rows + the group steps as plain functions over three shuffled batches, for both paths
+    (a region of a third of the cells marked for the full space): each row travels once per bucket its cells of
+    that path fall in, with those cells, and the pairs of the buckets are exactly those of
+    cell_pairs / cell_candidates run on each cell directly (homes, then spilled rows, each in
+    sample_id order: the per-cell layout). A sample_id given twice is a user error naming it."""
+    from engine.qc.dedup_distributed import (assign_rows, batch_vectors, buckets_per_row, candidates_of_bucket,
+                                             locality_buckets, pairs_of_bucket, path_cells)
+
+    x, cfg, model, _ = _clustered_cells(n=2000, cells=32)
+    model.full_space = locality_buckets(model.centroids, 3) == 0  # a region of a third of the cells
+    ids = np.array(ids_of(len(x)))
+    x = batch_vectors({"sample_id": ids, "embedding": x})[1]  # as assign_rows normalises them
+    cells = cd.assign_cells(x, model, cfg.dedup_cells_per_vector, cd.spill_radius(T, cfg))
+    bucket_of = locality_buckets(model.centroids, 5)
+    radius = cd.spill_radius(T, cfg)
+    perm = np.random.default_rng(2).permutation(len(x))
+    for full_space in (True, False):
+        mine = path_cells(cells, model, full_space)
+        parts = [assign_rows({"sample_id": ids[rows], "embedding": x[rows]}, model, bucket_of,
+                             cfg.dedup_cells_per_vector, radius, full_space) for rows in np.array_split(perm, 3)]
+        out = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+        shipped = list(zip(out["sample_id"].tolist(), out["bucket"].tolist()))
+        assert len(shipped) == len(set(shipped)) == round(buckets_per_row(mine, bucket_of) * len(x))
+        assert len(shipped) < 0.7 * (mine >= 0).sum()  # the per-cell layout: a row once per cell
+        pos = {sid: k for k, sid in enumerate(ids)}
+        for sid, b, got, home in zip(out["sample_id"], out["bucket"], out["cells"], out["home"]):
+            row = mine[pos[sid]]
+            assert got[got >= 0].tolist() == [c for c in row if c >= 0 and bucket_of[c] == b]
+            assert home == (row[0] >= 0 and got[0] == row[0])  # slot 0 is the home when the home is here
+        want, found = [], []
+        for c in np.unique(mine[mine >= 0]):
+            at_home, spilled = np.flatnonzero(mine[:, 0] == c), np.flatnonzero((mine[:, 1:] == c).any(axis=1))
+            members = np.r_[at_home, spilled]  # positions are sample_id order
+            if full_space:
+                a, b, s = cd.cell_pairs(x[members], T, len(at_home))
+            else:
+                a, b = cd.cell_candidates(cd.project(x[members], model.proj), T, len(at_home))
+                s = np.zeros(len(a), np.float32)
+            want += [(ids[members[i]], ids[members[j]], v) for i, j, v in zip(a, b, s)]
+        for b in range(5):
+            group = {k: v[out["bucket"] == b] for k, v in out.items()}
+            if len(group["sample_id"]):
+                got = pairs_of_bucket(group, T) if full_space else candidates_of_bucket(group, T)
+                found += zip(got["a"], got["b"], got.get("sim", np.zeros(len(got["a"]), np.float32)))
+        assert sorted(map(tuple, found)) == sorted((min(a, b), max(a, b), s) for a, b, s in want)
+        assert len(want) > 20
+    dup = int(np.flatnonzero(path_cells(cells, model, True)[:, 0] >= 0)[0])  # its home cell is a full-space one
+    twice = np.r_[dup, perm[:200], dup]
+    out = assign_rows({"sample_id": ids[twice], "embedding": x[twice]}, model, bucket_of,
+                      cfg.dedup_cells_per_vector, radius, True)
+    group = {k: v[out["bucket"] == bucket_of[cells[dup, 0]]] for k, v in out.items()}
+    with pytest.raises(UserError, match=f"sample_id '{ids[dup]}' appears more than once"):
+        pairs_of_bucket(group, T)
 
 
 @pytest.mark.ray
