@@ -397,7 +397,9 @@ def compare(n: int, out: Path, methods: list[str], labels, res: dict, shape: str
                           + (", exact fallback" if r.get("exact_fallback") else ""))
             else:
                 extra += (f", {r.get('nodes')} nodes, {r.get('full_space_cells', 0):,} cells in the full space "
-                          f"({r.get('direct_pairs', 0):,} pairs found there), {r.get('candidates', 0):,} candidate pairs, fit "
+                          f"({r.get('direct_pairs', 0):,} pairs found there; {r.get('full_space_buckets', 0)} shuffle "
+                          f"groups, {r.get('full_space_copies', 0):.2f} rows shipped per row), "
+                          f"{r.get('candidates', 0):,} candidate pairs, fit "
                           f"{r.get('fit_s', 0):.1f} s, candidates {r.get('candidates_s', 0):.1f} s, "
                           f"verify {r.get('verify_s', 0):.1f} s")
         rows.append(f"| {shape} | {n:,} | {m} | {r['total_s']:.1f} | {speed} | {r['rss_peak_mb']:.0f} | {r['pairs']:,} | {recall} | "
