@@ -2,8 +2,13 @@
 
 Scores per method: ConVIRT, cosine of the global embeddings; GLoRIA, the mean of global and local
 similarity (both come from model.similarity), z-scored per class across images. A class's score
-is the max over its prompts. Multi-class sets: argmax accuracy plus one-vs-rest AUC per class.
-Multi-label sets: a positive against a negative prompt per class, softmax over the pair.
+is the max over its prompts. Multi-class sets (one finding an image): argmax accuracy, and per
+class the one-vs-rest AUC of the class's probability, the softmax over the image's class scores
+at the temperature the model's logits were trained at (CLIP's multi-class rule): which finding's
+text is this image's, the image-to-text question ConVIRT's loss weights 0.75. Ranking all images by
+one class's raw score asks the text-to-image question across a whole set instead; its AUC can stay
+flat while argmax accuracy climbs (docs/training.md). Multi-label sets: a positive against a
+negative prompt per class, softmax over the pair.
 """
 from __future__ import annotations
 
@@ -55,6 +60,23 @@ def class_scores(model, images, classes: list[str], prompts: Optional[dict] = No
     return zscore_columns(scores) if getattr(model, "method", "") == "gloria" else scores
 
 
+def softmax_temperature(model) -> float:
+    """The temperature of the softmax over a multi-class set's class scores: ConVIRT's cosines at
+    its training temperature (loss.temperature); GLoRIA's class scores are z-scores, already on a
+    unit scale: 1 (also for a model without a loss config)."""
+    if getattr(model, "method", "") == "gloria":
+        return 1.0
+    return float((getattr(model, "config", None) or {}).get("loss", {}).get("temperature") or 1.0)
+
+
+def class_log_probabilities(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """[N, C]: log of the softmax over each image's class scores / temperature. Logs rank as the
+    probabilities do, without the ties a saturated softmax makes."""
+    z = np.asarray(scores, np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
 def pair_scores(model, images, classes: list[str], batch_size: int = 64) -> np.ndarray:
     """[N, C]: the softmax over (positive, negative) prompt similarities per class, given as its
     log-odds (s_pos - s_neg) / T: the same ranking and thresholds as the probability, without the
@@ -96,8 +118,10 @@ def zero_shot_classification(model, images, labels: np.ndarray, classes: list[st
     if labels.ndim != 2 or labels.shape[1] != len(classes) or labels.shape[0] != len(images):
         raise ValueError(f"labels must be [N={len(images)}, C={len(classes)}], got {list(labels.shape)}")
     if kind == "multiclass":
-        scores = class_scores(model, images, classes, prompts, batch_size)
+        raw = class_scores(model, images, classes, prompts, batch_size)
+        scores = class_log_probabilities(raw, softmax_temperature(model))
         out = summarise(labels, scores, classes)
+        out["mean_auc_raw_score"] = summarise(labels, raw, classes)["mean_auc"]  # the rule of earlier figures
         truth = labels.argmax(axis=1)
         out["multiclass_accuracy"] = float((scores.argmax(axis=1) == truth).mean()) if len(labels) else None
     else:

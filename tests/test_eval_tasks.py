@@ -72,6 +72,42 @@ def test_zero_shot_known_answer_on_the_fixture_model():
     assert flipped["mean_auc"] == 0.0
 
 
+class OffsetModel(BrightnessModel):
+    """Fixture: every text scores the dark images higher than the bright ones by an offset, as an
+    opaque image scores every finding's prompt high; within each image the right class still wins."""
+
+    def similarity(self, images, ids, mask):
+        b = images.mean(dim=(1, 2, 3))[:, None]
+        return 0.1 * b * ids[:, 0][None, :] - b  # bright images: all scores lower
+
+
+def test_multiclass_auc_ranks_each_images_class_probability_not_raw_scores_across_images():
+    """A class's score ranked across images fails when one kind of image scores every prompt high
+    (AUC 0 here); the softmax over each image's class scores (CLIP's multi-class rule) asks which
+    class the image belongs to and gets every image right (AUC 1), with the raw rule kept beside it."""
+    x = np.zeros((6, 1, 8, 8), np.float32)
+    x[:3] += np.array([0.9, 0.7, 0.8])[:, None, None, None]
+    x[3:] -= np.array([0.9, 0.7, 0.8])[:, None, None, None]
+    labels = np.array([[1, 0]] * 3 + [[0, 1]] * 3)
+    prompts = {"bright": ["bright lung"], "dark": ["dark lung"]}
+    r = zero_shot_classification(OffsetModel(), x, labels, ["bright", "dark"], "multiclass", prompts)
+    assert r["mean_auc"] == 1.0 and r["multiclass_accuracy"] == 1.0
+    assert r["mean_auc_raw_score"] == 0.5 and r["per_class"]["bright"]["auc"] == 1.0
+    logp = r["scores"]
+    assert np.allclose(np.exp(logp).sum(axis=1), 1.0) and (logp <= 0).all()
+
+
+def test_softmax_temperature_is_the_models_training_temperature(models):
+    from eval.zero_shot import class_log_probabilities, softmax_temperature
+
+    assert softmax_temperature(models["convirt"]) == models["convirt"].config["loss"]["temperature"] == 0.1
+    assert softmax_temperature(models["gloria"]) == 1.0 == softmax_temperature(BrightnessModel())
+    s = np.array([[0.30, 0.20], [0.25, 0.24]])
+    sharp, flat = class_log_probabilities(s, 0.01), class_log_probabilities(s, 10.0)
+    assert sharp[0, 1] < -9.9 and abs(flat[1, 0] - np.log(0.5)) < 1e-3  # colder: surer; ranks unchanged
+    assert (np.argsort(sharp[:, 0]) == np.argsort(flat[:, 0])).all()
+
+
 def test_zero_shot_auc_on_random_models_is_finite_and_skips(models, phantom):
     ds, data = phantom
     rows, x, _ = data["test"]
