@@ -96,7 +96,7 @@ def fit_from_blocks(cells: int, cfg_dict: dict, threshold: float, *blocks) -> tu
     cfg = IndexConfig(**cfg_dict)
     model = fit_cells(vecs, cells, cfg)
     model.full_space = unselective_cells(model, vecs, threshold)
-    seen = vecs[::max(1, len(vecs) // SEEN_ROWS)]
+    seen = vecs[::-(-len(vecs) // SEEN_ROWS)]  # every k-th row, k rounded up: at most SEEN_ROWS
     return model, assign_cells(seen, model, cfg.dedup_cells_per_vector, spill_radius(threshold, cfg))
 
 
@@ -127,7 +127,7 @@ def locality_buckets(centroids: np.ndarray, buckets: int, weights: Optional[np.n
     one leaf per bucket). A row's cells are its home's neighbours, so they mostly fall into one
     leaf; `cell % buckets` scatters them over as many buckets as they are cells. weights: expected
     rows per cell (None: 1 each), balanced to within one cell per split. Deterministic (no random
-    start); 0.2-0.3 s for 6,500 cells here."""
+    start); about 0.1 s for 6,500 cells of 128 floats here."""
     c = np.asarray(centroids, np.float64)
     w = np.ones(len(c)) if weights is None else np.maximum(np.asarray(weights, np.float64), 1e-9)
     out = np.zeros(len(c), np.int32)
