@@ -393,7 +393,8 @@ def compare(n: int, out: Path, methods: list[str], labels, res: dict, shape: str
                           f"largest cell {r['largest_cell']:,} ({r['largest_home']:,} at home), "
                           f"{r['compared'] / 1e6:.0f}M pairs compared, {r.get('full_space_cells', 0):,} cells "
                           f"marked for the full space, {r.get('full_space_blocks', 0):,} of "
-                          f"{r.get('blocks', 0):,} other blocks found unselective"
+                          f"{r.get('blocks', 0):,} other blocks found unselective, projection "
+                          + ("stored in float16" if r.get("projection_stored", True) else "computed per cell")
                           + (", exact fallback" if r.get("exact_fallback") else ""))
             else:
                 extra += (f", {r.get('nodes')} nodes, {r.get('full_space_cells', 0):,} cells in the full space "

@@ -135,6 +135,73 @@ def test_an_unselective_projection_stays_within_its_memory_budget():
     assert kept.keep[decoy >= 0].all()
 
 
+def test_a_float16_copy_of_the_projection_loses_no_pair_with_the_widened_chord():
+    """The worst case of rounding: pairs whose every component rounds away from the partner (a up
+    to its float16 by 0.49 of a unit in the last place, b down), about one chord apart. Rounded,
+    pairs inside the chord fall outside the plain filter; none outside the chord widened by twice
+    the bound."""
+    rng = np.random.default_rng(3)
+    p, ulp, n_pairs = 128, 2.0 ** -14, 200  # float16's spacing on [1/16, 1/8), where every value lies
+    a16 = rng.integers(1024, 1390, (n_pairs, p)) * ulp  # |a| < 1
+    steps = 355 + (rng.random((n_pairs, p)) < np.linspace(0, 1, n_pairs)[:, None])  # 355 or 356 units apart
+    b16 = a16 + steps * ulp
+    z = np.concatenate([a16 + 0.49 * ulp, b16 - 0.49 * ulp]).astype(np.float32)  # row k and n_pairs + k
+    z16 = z.astype(np.float16).astype(np.float32)
+    assert np.array_equal(z16, np.concatenate([a16, b16]).astype(np.float32))
+    assert np.linalg.norm(z16 - z, axis=1).max() <= cd.float16_error(p)
+    inside = {(k, n_pairs + k) for k in range(n_pairs)
+              if np.linalg.norm(z[k].astype(np.float64) - z[n_pairs + k]) < cd.chord(T)}
+    assert len(inside) >= 20
+
+    def found(zz, z_error):
+        hit = np.zeros((len(zz), len(zz)), bool)
+        for r0, c0, h in cd.candidate_blocks(zz, T, len(zz), block=len(zz), z_error=z_error):
+            hit[r0:r0 + h.shape[0], c0:c0 + h.shape[1]] = h
+        return inside & set(zip(*(v.tolist() for v in np.nonzero(hit))))
+
+    assert found(z, 0.0) == inside
+    assert len(found(z16, 0.0)) < len(inside)  # rounding alone moves pairs out of the plain chord
+    assert found(z16, cd.float16_error(p)) == inside
+
+
+def test_cell_members_in_passes_are_the_cells_of_one_sort():
+    """Every pass size (one membership, a few, all) yields each cell's rows as one sort of the
+    whole table does: homes first, each group in row order."""
+    rng = np.random.default_rng(4)
+    n, m, cells = 500, 4, 23
+    assigned = np.full((n, m), -1, np.int32)
+    for r in range(n):
+        k = int(rng.integers(1, m + 1))
+        assigned[r, :k] = rng.choice(cells - 3, k, replace=False)  # the last 3 cells stay empty
+    members, homes = cd.membership_counts(assigned, cells)
+    want = []
+    for c in range(cells):
+        home = np.flatnonzero(assigned[:, 0] == c)
+        spilled = np.flatnonzero((assigned[:, 1:] == c).any(axis=1))
+        if len(home) + len(spilled):
+            want.append((c, home.tolist() + spilled.tolist(), len(home)))
+    assert [w[0] for w in want] == np.flatnonzero(members).tolist()
+    assert [len(w[1]) for w in want] == members[members > 0].tolist() and homes.sum() == n
+    for max_entries in (1, 37, n * m):
+        got = [(c, rows.tolist(), h) for c, rows, h in cd.cell_members(assigned, members, max_entries)]
+        assert got == want, max_entries
+
+
+def test_the_memory_budget_chooses_a_stored_or_a_per_cell_projection_with_the_same_pairs():
+    """A budget the float16 projection fits in stores it; one it does not fit in projects each
+    cell from its gathered vectors, and sorts the memberships in many passes: the pairs are the
+    same, and exactly the pairs above the threshold."""
+    x, group, decoy = cone(n=3000, d=192)
+    found = {}
+    for mb in (64, 1):  # 3,000 x 128 x 2 bytes = 750 KB: stored under 64 MB, not under 1 MB's half
+        cfg = CLUSTER.model_copy(update={"dedup_project_dim": 128, "dedup_memory_mb": mb})
+        stats: dict = {}
+        i, j, s = cd.cluster_pairs(x, ids_of(len(x)), T, cfg, stats)
+        assert stats["projection_stored"] == (mb == 64) and not stats["exact_fallback"]
+        found[mb] = set(zip(i.tolist(), j.tolist()))
+    assert found[64] == found[1] == brute_pairs(x, T)
+
+
 def test_a_block_whose_projected_filter_passes_most_pairs_is_compared_in_the_full_space():
     """The per-block rule, for the cells the sample did not mark: one cell of clustered data in its
     16 principal directions, given with its full vectors."""

@@ -207,6 +207,10 @@ class IndexConfig(Section):
     # and re-scored in the full space, so it costs no recall
     dedup_project_dim: int = Field(128, ge=0)
     dedup_seed: int = 1234
+    # working memory of the in-process cluster path beyond the input (cluster_dedup.py): half for
+    # the stored float16 projection (projected per cell instead when it does not fit), an eighth
+    # for the cell memberships (sorted in passes of cells); the cells being compared come on top
+    dedup_memory_mb: int = Field(1024, ge=1)
 
 
 class QCConfig(Section):

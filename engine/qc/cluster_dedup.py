@@ -26,7 +26,9 @@ distance < eps = sqrt(2 - 2t).
    out unselective is compared in the full space on the spot. Each candidate is then re-scored in float64 in the full
    space, one pair at a time, so a pair's cosine never depends on the shape of the block it was
    found in, and only the pairs above the threshold are kept: memory is bounded by the block
-   size whatever the data. Spilled members are never compared with each other: cells near the
+   size whatever the data. Beyond the blocks, the in-process path keeps the projection in
+   float16 (the filter's chord widened by twice the rounding bound, so still no pair lost) and
+   sorts the cells' memberships in passes, both within cfg.dedup_memory_mb. Spilled members are never compared with each other: cells near the
    cone axis collect many spilled rows (hubness) and comparing them all would cost the square of
    that.
 5. fallback: when the cells would compare at least half of all n(n-1)/2 pairs (the data does not
@@ -103,12 +105,38 @@ def sample_fraction(n: int, cells: int, cfg) -> float:
     return min(1.0, 1.2 * cells * cfg.dedup_train_per_cell / max(n, 1))
 
 
-def fit_cells(sample: np.ndarray, cells: int, cfg) -> CellModel:
-    """Projection and k-means centroids from a sample of unit vectors (in sample_id order)."""
+class SampleRows:
+    """Rows `rows` of x, gathered when indexed: the training sample without a full-width copy of
+    it (at 2M x 768 that copy is ~480 MB); float32 like the arrays it stands in for."""
+
+    def __init__(self, x: np.ndarray, rows: np.ndarray):
+        self.x, self.rows = x, rows
+        self.shape = (len(rows), x.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.x[self.rows[key]], dtype=np.float32)
+
+
+SAMPLE_CHUNK = 8192  # sample rows gathered and projected at a time
+
+
+def project_rows(x, proj: Optional[np.ndarray]) -> np.ndarray:
+    """project() chunk by chunk, into one (n, p) float32 array: x may be a SampleRows."""
+    out = np.empty((len(x), proj.shape[1] if proj is not None else x.shape[1]), np.float32)
+    for c0 in range(0, len(x), SAMPLE_CHUNK):
+        out[c0:c0 + SAMPLE_CHUNK] = project(x[c0:c0 + SAMPLE_CHUNK], proj)
+    return out
+
+
+def fit_cells(sample, cells: int, cfg) -> CellModel:
+    """Projection and k-means centroids from a sample of unit vectors (in sample_id order): an
+    array or a SampleRows."""
     import faiss
 
-    x = np.ascontiguousarray(sample, dtype=np.float32)
-    n, d = x.shape
+    n, d = sample.shape
     p = cfg.dedup_project_dim
     proj = None
     if 0 < p < d:
@@ -116,13 +144,14 @@ def fit_cells(sample: np.ndarray, cells: int, cfg) -> CellModel:
         # each column's sign is fixed so that its largest entry is positive
         from scipy.linalg import eigh
 
-        part = x[::max(1, n // MOMENT_ROWS)]  # the principal directions settle long before k-means does
+        # the principal directions settle long before k-means does
+        part = np.asarray(sample[::max(1, n // MOMENT_ROWS)], dtype=np.float32)
         moment = (part.T @ part).astype(np.float64) / max(len(part), 1)
         _, vecs = eigh(moment, subset_by_index=[d - p, d - 1], driver="evr")  # the top p only
         vecs = vecs[:, ::-1]
         signs = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(p)])
         proj = np.ascontiguousarray(vecs * signs, dtype=np.float32)
-    z = np.ascontiguousarray(project(x, proj))
+    z = project_rows(sample, proj)
     cells = max(1, min(cells, n))
     if cells == 1:
         centroids = z.mean(axis=0, keepdims=True)
@@ -134,7 +163,7 @@ def fit_cells(sample: np.ndarray, cells: int, cfg) -> CellModel:
     return CellModel(proj=proj, centroids=np.ascontiguousarray(centroids, dtype=np.float32))
 
 
-def unselective_cells(model: CellModel, sample: np.ndarray, threshold: float) -> np.ndarray:
+def unselective_cells(model: CellModel, sample, threshold: float) -> np.ndarray:
     """(cells,) bool: the cells whose projected candidate filter would pass more than UNSELECTIVE of
     their pairs, measured on the training sample's members of each cell (their spread is the
     cell's). A cell with fewer than two sample rows counts as selective. All False without a
@@ -142,8 +171,8 @@ def unselective_cells(model: CellModel, sample: np.ndarray, threshold: float) ->
     full = np.zeros(model.cells, bool)
     if model.proj is None or len(sample) < 2:
         return full
-    z = project(sample, model.proj)
-    home = assign_cells(sample, model, 1, 0.0, projected=z)[:, 0]
+    z = project_rows(sample, model.proj)
+    home = assign_cells(sample, model, 1, 0.0, chunk=SAMPLE_CHUNK, projected=z)[:, 0]
     order = np.argsort(home, kind="stable")
     bounds = np.flatnonzero(np.diff(home[order])) + 1
     for rows in np.split(order, bounds):
@@ -265,17 +294,20 @@ def _torch_device():
 
 
 def candidate_blocks(z: np.ndarray, threshold: float, n_home: int, block: int = BLOCK,
-                     device: Optional[str] = None):
+                     device: Optional[str] = None, z_error: float = 0.0):
     """Yields (r0, c0, hit) per block of one cell's members z (in the cell space, homes first):
     rows r0.. of the homes against columns c0.. (upper-triangular among homes, then every
     spilled column); hit is the bool matrix of the pairs (a < b) closer than the threshold's chord
     in z, with float32 slack. A superset of the pairs above the threshold (a projection only
-    shrinks distances)."""
+    shrinks distances). z_error: a bound on how far each row of z lies from its exact
+    projection (a stored float16 copy: float16_error); the chord is widened by twice it, so the
+    filter still loses no pair."""
     n = len(z)
     zs = np.ascontiguousarray(z, dtype=np.float32)
     half = 0.5 * np.einsum("ij,ij->i", zs, zs)
-    # |za - zb|^2 < chord^2  <=>  za.zb - |za|^2/2 - |zb|^2/2 > threshold - 1 (unit z: za.zb > threshold)
-    cut = float(threshold) - 1.0 - RESCORE_SLACK
+    # |za - zb|^2 < chord^2  <=>  za.zb - |za|^2/2 - |zb|^2/2 > -chord^2/2 (= threshold - 1 unwidened)
+    cut = -0.5 * (chord(threshold) + 2.0 * float(z_error)) ** 2 - RESCORE_SLACK if z_error else \
+        float(threshold) - 1.0 - RESCORE_SLACK
     zt = ht = None
     if device is not None:
         import torch
@@ -323,7 +355,7 @@ RESCORE_PAIRS = 4096  # candidates re-scored per step: 2 x 4096 rows x d float64
 
 def cell_pairs(z: np.ndarray, threshold: float, n_home: Optional[int] = None,
                full: Union[None, np.ndarray, Callable] = None, block: int = BLOCK, device: Optional[str] = None,
-               stats: Optional[dict] = None):
+               stats: Optional[dict] = None, z_error: float = 0.0):
     """Pairs with cosine > threshold among one cell's members (homes first, each group in
     sample_id order), found block by block: home x home (a < b) and home x spilled (a home, b
     spilled). full: the members' unit vectors, an array or a function of member positions (None:
@@ -331,8 +363,8 @@ def cell_pairs(z: np.ndarray, threshold: float, n_home: Optional[int] = None,
     chord in z; where that filter passes more than UNSELECTIVE of the block, the block is
     compared in the full space (float32) instead; either way candidates are re-scored in float64
     and only the pairs above the threshold are kept, so memory is bounded by the block, not by
-    the cell. stats (optional) counts blocks, full-space blocks and candidates.
-    Returns (a, b, sim), positions in z."""
+    the cell. stats (optional) counts blocks, full-space blocks and candidates; z_error as
+    candidate_blocks takes it. Returns (a, b, sim), positions in z."""
     n = len(z)
     n_home = n if n_home is None else int(n_home)
     none = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
@@ -347,7 +379,7 @@ def cell_pairs(z: np.ndarray, threshold: float, n_home: Optional[int] = None,
     counts = {"blocks": 0, "full_space_blocks": 0, "candidates": 0}
     found_a, found_b, found_s = [], [], []
     rows_full = None  # the full vectors of the current row block, fetched once for its columns
-    for r0, c0, hit in candidate_blocks(zs, threshold, n_home, block, device):
+    for r0, c0, hit in candidate_blocks(zs, threshold, n_home, block, device, z_error):
         r1, c1 = r0 + hit.shape[0], c0 + hit.shape[1]
         if c0 == r0:
             rows_full = None
@@ -402,15 +434,16 @@ def _one_blas_thread():
 
 
 def pairs_in_cells(cells, threshold: float, workers: Optional[int] = None):
-    """cell_pairs over an iterable of (member_keys, z, n_home, full) cells, z an array or a
-    function returning one (then the gather, e.g. from a memory map, runs in the pool too), full
-    as cell_pairs takes it; returns, per cell in input order, (keys[a], keys[b], sim, counts). CPU: cells
-    in a thread pool (numpy releases the GIL in BLAS); GPU: one cell after another on the device.
-    Order of results never depends on threads."""
+    """cell_pairs over an iterable of (member_keys, n_home, load) cells, load() returning the
+    cell's (z, full, z_error) as cell_pairs takes them (the gather, e.g. from a memory map, runs in
+    the pool, so a cell's vectors exist only while it is compared); returns, per cell in input
+    order, (keys[a], keys[b], sim, counts). CPU: cells in a thread pool (numpy releases the GIL in
+    BLAS); GPU: one cell after another on the device. Order of results never depends on threads."""
     def one(cell, device=None):
-        keys, z, n_home, full = cell
+        keys, n_home, load = cell
+        z, full, z_error = load()
         counts: dict = {}
-        a, b, s = cell_pairs(z() if callable(z) else z, threshold, n_home, full, device=device, stats=counts)
+        a, b, s = cell_pairs(z, threshold, n_home, full, device=device, stats=counts, z_error=z_error)
         return keys[a], keys[b], s, counts
 
     device = _torch_device()
@@ -443,19 +476,70 @@ def unique_pairs(i: np.ndarray, j: np.ndarray, sim: np.ndarray, n: int):
     return key // n, key % n, sim[first]
 
 
-def training_sample(x: np.ndarray, sample_ids: Sequence, cells: int, cfg) -> np.ndarray:
+def training_sample(x: np.ndarray, sample_ids: Sequence, cells: int, cfg) -> SampleRows:
     """The sample k-means trains on, in the order of x (callers pass x in sample_id order)."""
-    mask = sample_mask(sample_ids, sample_fraction(len(x), cells, cfg))
-    return np.asarray(x[np.flatnonzero(mask)], dtype=np.float32)
+    return SampleRows(x, np.flatnonzero(sample_mask(sample_ids, sample_fraction(len(x), cells, cfg))))
+
+
+def float16_error(p: int, norm: float = 1.001) -> float:
+    """A bound on |fl16(z) - z| for a vector z of p components and |z| <= norm: round to nearest
+    is within 2^-11 of each normal component and 2^-25 of a subnormal one."""
+    return 2.0 ** -11 * norm + 2.0 ** -25 * math.sqrt(p)
+
+
+def membership_counts(assigned: np.ndarray, cells: int):
+    """(members, homes) per cell, (cells,) int64 each, from assign_cells' (n, m) table."""
+    members = np.zeros(cells, np.int64)
+    for col in assigned.T:
+        members += np.bincount(col[col >= 0], minlength=cells)
+    return members, np.bincount(assigned[:, 0], minlength=cells).astype(np.int64)
+
+
+SPILLED_BIT = 31  # memberships sort as one int64: cell << 32 | spilled << 31 | row
+
+
+def cell_members(assigned: np.ndarray, members: np.ndarray, max_entries: int):
+    """Yields (cell, rows, n_home) for each non-empty cell in cell order: the rows whose cells
+    (assign_cells' table) include it, homes first, each group in row order. Memberships are
+    sorted in passes over runs of cells holding at most max_entries of them (a larger cell on its
+    own), so memory follows max_entries, not rows x cells per row."""
+    if len(assigned) >= 2 ** SPILLED_BIT:
+        raise ValueError(f"{len(assigned)} rows: the membership keys hold fewer than 2^31")
+    ends = np.cumsum(members)
+    lo = 0
+    while lo < len(members):
+        done = int(ends[lo - 1]) if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, done + max_entries, side="right")))
+        keys = []
+        for j, col in enumerate(assigned.T):
+            sel = np.flatnonzero((col >= lo) & (col < hi))
+            keys.append((col[sel].astype(np.int64) << 32) | (int(j > 0) << SPILLED_BIT) | sel)
+        key = np.concatenate(keys)
+        del keys
+        key.sort()
+        bounds = np.flatnonzero(np.diff(key >> 32)) + 1
+        for part in np.split(key, bounds):
+            if len(part):
+                spilled = (part >> SPILLED_BIT) & 1
+                yield int(part[0] >> 32), part & ((1 << SPILLED_BIT) - 1), int(len(part) - spilled.sum())
+        del key
+        lo = hi
 
 
 def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, stats: Optional[dict] = None):
     """In-process cluster-then-compare over x (n, d) unit float32 in sample_id order (an array or a
     memory map). Returns (i, j, sim): positions i < j with cosine > threshold where one's home
-    cell is among the other's cells."""
+    cell is among the other's cells.
+
+    Memory beyond x (cfg.dedup_memory_mb): the projection is stored in float16 (the candidate
+    filter widened by its rounding bound, so no pair is lost) when it fits half the budget, and
+    is computed cell by cell from the gathered vectors when it does not; the memberships are
+    sorted in passes of an eighth of it; the cells in the pool hold their own vectors while they
+    are compared."""
     import time
 
     n = len(x)
+    budget = int(cfg.dedup_memory_mb) << 20
     clock = [time.perf_counter()]
     cells = default_cells(n, cfg)
     sample = training_sample(x, sample_ids, cells, cfg)
@@ -465,43 +549,45 @@ def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, st
     model.full_space = unselective_cells(model, sample, threshold)
     del sample
     clock.append(time.perf_counter())
-    projected = None
-    if model.proj is not None:  # kept for the cells' candidate filter: p/d of the vectors' size
-        projected = np.empty((n, model.proj.shape[1]), np.float32)
-        for c0 in range(0, n, 65536):
-            projected[c0:c0 + 65536] = project(x[c0:c0 + 65536], model.proj)
-    assigned = assign_cells(x, model, cfg.dedup_cells_per_vector, spill_radius(threshold, cfg), projected=projected)
-    m = assigned.shape[1]
-    cell_of = assigned.ravel()
-    valid = cell_of >= 0
-    cell_of = cell_of[valid]
-    row_of = np.repeat(np.arange(n, dtype=np.int64), m)[valid]
-    spilled = np.tile(np.arange(m) > 0, n)[valid]
-    order = np.lexsort((row_of, spilled, cell_of))  # by cell, homes first, then position (= sample_id order)
-    cell_of, row_of, spilled = cell_of[order], row_of[order], spilled[order]
-    bounds = np.flatnonzero(np.diff(cell_of)) + 1
+    p = model.proj.shape[1] if model.proj is not None else 0
+    stored = np.empty((n, p), np.float16) if p and n * p * 2 <= budget // 2 else None
+    m = max(1, min(cfg.dedup_cells_per_vector, model.cells))
+    assigned = np.empty((n, m), np.int32)
+    for c0 in range(0, n, 65536):  # projected once per chunk: for the cells, and kept when it fits
+        xs = x[c0:c0 + 65536]
+        zs = project(xs, model.proj)
+        assigned[c0:c0 + len(xs)] = assign_cells(xs, model, m, spill_radius(threshold, cfg), projected=zs)
+        if stored is not None:
+            stored[c0:c0 + len(xs)] = zs
+    sz, hz = membership_counts(assigned, model.cells)
     clock.append(time.perf_counter())
-    groups = np.split(row_of, bounds)
-    in_full_space = model.full_space[cell_of[np.r_[0, bounds]]] if len(cell_of) else np.zeros(0, bool)
-    homes = [int(len(g) - k) for g, k in zip(groups, (int(v.sum()) for v in np.split(spilled, bounds)))]
-    sz, hz = np.asarray([len(g) for g in groups], np.int64), np.asarray(homes, np.int64)
     compared = int((hz * (hz - 1) // 2 + hz * (sz - hz)).sum())
     # the cells would compare at least EXACT_SHARE of what comparing every pair does (the data
     # does not cluster at this threshold): one cell of everything, in the full space, is cheaper
     exact = compared >= EXACT_SHARE * (n * (n - 1) // 2)
+    z_error = float16_error(p)
+
+    def cell(c, rows, n_home):
+        def load():
+            if exact:  # every row, in order: the input itself, not a gathered copy of it
+                return np.asarray(x, dtype=np.float32), None, 0.0
+            if p == 0 or model.full_space[c]:
+                return np.asarray(x[rows], dtype=np.float32), None, 0.0
+            if stored is not None:
+                return stored[rows].astype(np.float32), (lambda pos: np.asarray(x[rows[pos]], dtype=np.float32)), z_error
+            vecs = np.asarray(x[rows], dtype=np.float32)
+            return project(vecs, model.proj), vecs, 0.0
+        return rows, n_home, load
+
     if exact:
-        del projected, cell_of, row_of, spilled, groups
-        groups, homes, projected, in_full_space = [np.arange(n, dtype=np.int64)], [n], None, np.ones(1, bool)
+        stored = assigned = None
+        groups = iter([cell(0, np.arange(n, dtype=np.int64), n)])
+    else:
+        max_entries = max(1, budget // 8 // 32)  # a key, its sort and the per-cell slices: ~32 bytes each
+        groups = (cell(c, rows, h) for c, rows, h in cell_members(assigned, sz, max_entries) if h)
     parts_i, parts_j, parts_s = [], [], []
     counts = {"blocks": 0, "full_space_blocks": 0, "candidates": 0}
-
-    def cell(rows, n_home, full_space):
-        if projected is None or full_space:
-            return rows, (lambda: np.asarray(x[rows], dtype=np.float32)), n_home, None
-        return rows, (lambda: projected[rows]), n_home, (lambda pos: np.asarray(x[rows[pos]], dtype=np.float32))
-
-    for a, b, s, c in pairs_in_cells((cell(rows, h, f) for rows, h, f in zip(groups, homes, in_full_space) if h),
-                                     threshold):
+    for a, b, s, c in pairs_in_cells(groups, threshold):
         for key, value in c.items():
             counts[key] += value
         if len(a):
@@ -510,7 +596,7 @@ def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, st
         clock.append(time.perf_counter())
         stats.update(cells=model.cells, largest_cell=int(sz.max(initial=0)), largest_home=int(hz.max(initial=0)),
                      spilled_per_vector=float(sz.sum() - n) / max(n, 1), compared=compared, exact_fallback=exact,
-                     full_space_cells=int(model.full_space.sum()),
+                     full_space_cells=int(model.full_space.sum()), projection_stored=stored is not None,
                      fit_s=clock[1] - clock[0], assign_s=clock[2] - clock[1], pairs_s=clock[3] - clock[2], **counts)
     if not parts_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
