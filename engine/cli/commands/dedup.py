@@ -23,6 +23,8 @@ def register(sub) -> None:
         "Walk the rows in sample_id order; a row whose cosine to an earlier kept row exceeds "
                     "--threshold is a duplicate of the most similar such row. Pairs come from exact search up "
                     "to qc.index.exact_max rows, cluster-then-compare above it (--method overrides). "
+                    "Memory in-process: the embeddings once, plus qc.index.dedup_memory_mb of working "
+                    "memory (default 1024), plus the cells being compared. "
                     "Outputs: DIR/dedup/part-*.parquet (sample_id, kept, duplicate_of, similarity) and "
                     "DIR/summary.json; prints a summary line.",
         out_help="output directory (DIR)")
