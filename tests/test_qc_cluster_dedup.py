@@ -147,9 +147,10 @@ def test_a_float16_copy_of_the_projection_loses_no_pair_with_the_widened_chord()
     the bound."""
     rng = np.random.default_rng(3)
     p, ulp, n_pairs = 128, 2.0 ** -14, 200  # float16's spacing on [1/16, 1/8), where every value lies
-    a16 = rng.integers(1024, 1390, (n_pairs, p)) * ulp  # |a| < 1
+    a16 = rng.integers(1024, 1080, (n_pairs, p)) * ulp
     steps = 355 + (rng.random((n_pairs, p)) < np.linspace(0, 1, n_pairs)[:, None])  # 355 or 356 units apart
     b16 = a16 + steps * ulp
+    assert np.linalg.norm(b16, axis=1).max() < 1  # as projections of unit vectors are
     z = np.concatenate([a16 + 0.49 * ulp, b16 - 0.49 * ulp]).astype(np.float32)  # row k and n_pairs + k
     z16 = z.astype(np.float16).astype(np.float32)
     assert np.array_equal(z16, np.concatenate([a16, b16]).astype(np.float32))
@@ -194,8 +195,8 @@ def test_cell_members_in_passes_are_the_cells_of_one_sort():
 
 def test_the_memory_budget_chooses_a_stored_or_a_per_cell_projection_with_the_same_pairs():
     """A budget the float16 projection fits in stores it; one it does not fit in projects each
-    cell from its gathered vectors, and sorts the memberships in many passes: the pairs are the
-    same, and exactly the pairs above the threshold."""
+    cell from its gathered vectors, and sorts the memberships in passes: the pairs are the same,
+    and exactly the pairs above the threshold."""
     x, group, decoy = cone(n=3000, d=192)
     found = {}
     for mb in (64, 1):  # 3,000 x 128 x 2 bytes = 750 KB: stored under 64 MB, not under 1 MB's half

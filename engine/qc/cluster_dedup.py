@@ -28,9 +28,9 @@ distance < eps = sqrt(2 - 2t).
    found in, and only the pairs above the threshold are kept: memory is bounded by the block
    size whatever the data. Beyond the blocks, the in-process path keeps the projection in
    float16 (the filter's chord widened by twice the rounding bound, so still no pair lost) and
-   sorts the cells' memberships in passes, both within cfg.dedup_memory_mb. Spilled members are never compared with each other: cells near the
-   cone axis collect many spilled rows (hubness) and comparing them all would cost the square of
-   that.
+   sorts the cells' memberships in passes, both within cfg.dedup_memory_mb. Spilled members are
+   never compared with each other: cells near the cone axis collect many spilled rows (hubness)
+   and comparing them all would cost the square of that.
 5. fallback: when the cells would compare at least half of all n(n-1)/2 pairs (the data does not
    fall into cells at this threshold), everything is one cell in the full space: blocked exact
    search, never slower than comparing every pair.
