@@ -72,9 +72,9 @@ def softmax_temperature(model) -> float:
 def class_log_probabilities(scores: np.ndarray, temperature: float) -> np.ndarray:
     """[N, C]: log of the softmax over each image's class scores / temperature. Logs rank as the
     probabilities do, without the ties a saturated softmax makes."""
-    z = np.asarray(scores, np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    from scipy.special import log_softmax
+
+    return log_softmax(np.asarray(scores, np.float64) / temperature, axis=1)
 
 
 def pair_scores(model, images, classes: list[str], batch_size: int = 64) -> np.ndarray:

@@ -553,10 +553,11 @@ def cluster_pairs(x: np.ndarray, sample_ids: Sequence, threshold: float, cfg, st
     stored = np.empty((n, p), np.float16) if p and n * p * 2 <= budget // 2 else None
     m = max(1, min(cfg.dedup_cells_per_vector, model.cells))
     assigned = np.empty((n, m), np.int32)
+    radius = spill_radius(threshold, cfg)
     for c0 in range(0, n, 65536):  # projected once per chunk: for the cells, and kept when it fits
         xs = x[c0:c0 + 65536]
         zs = project(xs, model.proj)
-        assigned[c0:c0 + len(xs)] = assign_cells(xs, model, m, spill_radius(threshold, cfg), projected=zs)
+        assigned[c0:c0 + len(xs)] = assign_cells(xs, model, m, radius, projected=zs)
         if stored is not None:
             stored[c0:c0 + len(xs)] = zs
     sz, hz = membership_counts(assigned, model.cells)

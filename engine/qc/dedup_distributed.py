@@ -96,7 +96,7 @@ def fit_from_blocks(cells: int, cfg_dict: dict, threshold: float, *blocks) -> tu
     cfg = IndexConfig(**cfg_dict)
     model = fit_cells(vecs, cells, cfg)
     model.full_space = unselective_cells(model, vecs, threshold)
-    seen = vecs[::-(-len(vecs) // SEEN_ROWS)]  # every k-th row, k rounded up: at most SEEN_ROWS
+    seen = vecs[::max(1, -(-len(vecs) // SEEN_ROWS))]  # every k-th row, k rounded up: at most SEEN_ROWS
     return model, assign_cells(seen, model, cfg.dedup_cells_per_vector, spill_radius(threshold, cfg))
 
 
